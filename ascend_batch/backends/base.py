@@ -1,0 +1,91 @@
+"""The backend protocol (DESIGN.md) and the device spec.
+
+A :class:`Backend` opens a :class:`Session` *inside the worker process* (pyACL contexts and
+CUDA/NPU runtimes do not survive ``fork``). A session owns everything it acquired and releases it
+in reverse order in :meth:`Session.close`, which is idempotent and safe after a failed ``open``.
+
+``Session.infer`` takes ``1 <= n <= session.max_batch`` samples shaped like
+``model.preprocess.input_shape(n)`` and returns ``(n, num_classes)`` float32 logits. Sessions of
+static-batch models pad internally and never return the padding rows.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from ..errors import StartupError
+from ..models.spec import ModelSpec
+
+DEVICE_KINDS = ("cpu", "cuda", "npu")
+_DEVICE_RE = re.compile(r"^(cpu|cuda|npu)(?::(\d+))?$")
+
+
+@dataclass(frozen=True, order=True)
+class Device:
+    kind: str  # cpu | cuda | npu
+    index: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.index}"
+
+
+def parse_device(spec: object, default_kind: str = "cpu") -> Device:
+    """``"cpu:0"``, ``"cuda:1"``, ``"npu:0"``, ``"cpu"``, or a bare integer (accelerator index,
+    of ``default_kind``). Raises ``ValueError`` with what was expected."""
+    if isinstance(spec, bool):
+        raise ValueError(f"expected a device like 'cpu:0', 'cuda:1' or an index, got {spec!r}")
+    if isinstance(spec, int):
+        if spec < 0:
+            raise ValueError(f"device index must be >= 0, got {spec}")
+        return Device(default_kind, spec)
+    if isinstance(spec, str):
+        text = spec.strip().lower()
+        if text.isdigit():
+            return Device(default_kind, int(text))
+        m = _DEVICE_RE.match(text)
+        if m:
+            return Device(m.group(1), int(m.group(2) or 0))
+    raise ValueError(f"expected a device like 'cpu:0', 'cuda:1', 'npu:0' or an index, got {spec!r}")
+
+
+@runtime_checkable
+class Session(Protocol):
+    input_shape: tuple[int, ...]  # (N, C, H, W) or (N, H, W, C); N = max_batch
+    max_batch: int
+    device: Device
+
+    def infer(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+
+class Backend(Protocol):
+    name: str
+
+    def open(self, device: Device, model: ModelSpec, *, batch_size: int, threads: int) -> Session: ...
+
+
+# backend name -> (module, class, default device kind, model formats it runs)
+BACKENDS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
+    "onnxruntime": ("ascend_batch.backends.onnx", "OnnxBackend", "cpu", ("onnx",)),
+    "acl": ("ascend_batch.backends.acl", "AclBackend", "npu", ("om",)),
+    "torch": ("ascend_batch.backends.torch", "TorchBackend", "cuda", ("torchscript", "torch-export", "state-dict")),
+}
+
+
+def get_backend(name: str) -> Backend:
+    """Import and instantiate the backend ``name`` (only now: heavy runtimes stay unimported)."""
+    if name not in BACKENDS:
+        raise StartupError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    module_name, cls_name, _, _ = BACKENDS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise StartupError(f"backend {name!r} is not available: {exc}") from exc
+    backend: Backend = getattr(module, cls_name)()
+    return backend

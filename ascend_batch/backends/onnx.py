@@ -1,0 +1,76 @@
+"""onnxruntime backend: CPU by default, CUDA when the device asks for it and the provider exists."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import BackendError, StartupError
+from ..models.spec import ModelSpec
+from .base import Device
+
+
+class OnnxSession:
+    def __init__(self, device: Device, model: ModelSpec, *, batch_size: int, threads: int) -> None:
+        import onnxruntime as ort
+
+        self.device = device
+        opts = ort.SessionOptions()
+        if threads > 0:
+            opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        available = ort.get_available_providers()
+        if device.kind == "cuda":
+            if "CUDAExecutionProvider" not in available:
+                raise StartupError(
+                    f"device {device}: onnxruntime has no CUDA provider here (providers: {', '.join(available)}); "
+                    "install onnxruntime-gpu or use devices = ['cpu:0']"
+                )
+            providers: list = [("CUDAExecutionProvider", {"device_id": device.index}), "CPUExecutionProvider"]
+        elif device.kind == "cpu":
+            providers = ["CPUExecutionProvider"]
+        else:
+            raise StartupError(f"device {device}: onnxruntime runs on cpu or cuda devices")
+        try:
+            self._sess = ort.InferenceSession(str(model.path), sess_options=opts, providers=providers)
+        except Exception as exc:
+            raise StartupError(f"device {device}: cannot load ONNX model {model.path}: {exc}") from exc
+        inp = self._sess.get_inputs()[0]
+        self._input_name = inp.name
+        self._output_name = self._sess.get_outputs()[0].name
+        dims = list(inp.shape)
+        static = isinstance(dims[0], int) and dims[0] > 0
+        self.max_batch = int(dims[0]) if static else batch_size
+        self._static = static
+        expected = model.preprocess.input_shape(self.max_batch)
+        for got, want in zip(dims[1:], expected[1:], strict=False):
+            if isinstance(got, int) and got > 0 and got != want:
+                raise StartupError(
+                    f"model {model.path} expects input {dims}, but the manifest's preprocessing gives "
+                    f"{list(expected)} (check model.input_size and model.layout)"
+                )
+        self.input_shape = expected
+        self._dtype = model.preprocess.numpy_dtype
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        n = batch.shape[0]
+        if self._static and n < self.max_batch:
+            padded = np.zeros((self.max_batch, *batch.shape[1:]), dtype=batch.dtype)
+            padded[:n] = batch
+            batch = padded
+        try:
+            out = self._sess.run([self._output_name], {self._input_name: batch})[0]
+        except Exception as exc:
+            raise BackendError(f"device {self.device}: onnxruntime run failed: {exc}") from exc
+        return np.asarray(out[:n], dtype=np.float32).reshape(n, -1)
+
+    def close(self) -> None:
+        self._sess = None  # type: ignore[assignment]
+
+
+class OnnxBackend:
+    name = "onnxruntime"
+
+    def open(self, device: Device, model: ModelSpec, *, batch_size: int, threads: int) -> OnnxSession:
+        return OnnxSession(device, model, batch_size=batch_size, threads=threads)

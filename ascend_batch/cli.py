@@ -1,0 +1,227 @@
+"""The ``ascend-batch`` command line: thin commands over the library, typed errors -> exit codes."""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from . import __version__
+from .errors import (
+    EXIT_INTERNAL,
+    EXIT_OK,
+    EXIT_TOO_MANY_ERRORS,
+    EXIT_USAGE,
+    AscendBatchError,
+    ManifestErrors,
+)
+
+app = typer.Typer(
+    name="ascend-batch",
+    help="Classify image archives in resumable batch jobs into a Parquet dataset.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _fail(exc: BaseException) -> NoReturn:
+    if isinstance(exc, ManifestErrors):
+        for e in exc.errors:
+            typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(exc.exit_code)
+    if isinstance(exc, AscendBatchError):
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code)
+    traceback.print_exc()
+    typer.echo(f"internal error: {type(exc).__name__}: {exc} (please report this with the traceback)", err=True)
+    raise typer.Exit(EXIT_INTERNAL)
+
+
+def _parse_shard(text: str | None) -> tuple[int, int] | None:
+    import os
+
+    if text:
+        try:
+            k, n = (int(x) for x in text.split("/"))
+        except ValueError:
+            raise typer.BadParameter(f"expected k/K like 0/4, got {text!r}") from None
+        if not 0 <= k < n:
+            raise typer.BadParameter(f"shard {k}/{n}: k must be in 0..K-1")
+        return (k, n)
+    task = os.environ.get("SLURM_ARRAY_TASK_ID")
+    count = os.environ.get("SLURM_ARRAY_TASK_COUNT")
+    if task is not None and count is not None:
+        lo = int(os.environ.get("SLURM_ARRAY_TASK_MIN", "0"))
+        return (int(task) - lo, int(count))
+    return None
+
+
+@app.command()
+def run(
+    manifest: Annotated[Path, typer.Argument(help="The job's TOML manifest.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Override job.output.")] = None,
+    devices: Annotated[str | None, typer.Option(help="Override runtime.devices, e.g. 'cpu:0,cpu:1' or '0,1'.")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Override runtime.batch_size.")] = None,
+    restart: Annotated[bool, typer.Option("--restart", help="Discard existing results in the output and start over.")] = False,
+    shard: Annotated[str | None, typer.Option(help="Process only units with unit % K == k ('k/K'); "
+                                              "default from SLURM_ARRAY_TASK_ID/COUNT.")] = None,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="Log lines instead of a progress bar.")] = False,
+    log_interval: Annotated[float, typer.Option(help="Seconds between progress log lines without a bar.")] = 30.0,
+    max_error_fraction: Annotated[float | None, typer.Option(help="Exit 6 if more than this fraction of images "
+                                                             "failed (overrides job.max_error_fraction).")] = None,
+) -> None:
+    """Run a job, or resume it where it stopped."""
+    from .manifest import load_manifest, parse_manifest
+    from .runner.job import run_job
+
+    try:
+        m = load_manifest(manifest)
+        if devices is not None or batch_size is not None:
+            raw = {k: dict(v) if isinstance(v, dict) else v for k, v in m.raw.items()}
+            rt = raw.setdefault("runtime", {})
+            if devices is not None:
+                rt["devices"] = [int(d) if d.strip().isdigit() else d.strip() for d in devices.split(",") if d.strip()]
+            if batch_size is not None:
+                rt["batch_size"] = batch_size
+            assert m.source is not None
+            m = parse_manifest(raw, m.source.parent, m.source)
+        if output is not None:
+            m = m.with_output(output.resolve())
+        threshold = max_error_fraction if max_error_fraction is not None else m.job.max_error_fraction
+        bar = not no_progress and sys.stderr.isatty()
+        report = run_job(m, restart_job=restart, shard=_parse_shard(shard), progress_bar=bar,
+                         log_interval=log_interval)
+    except (AscendBatchError, Exception) as exc:
+        _fail(exc)
+    st = report.status
+    scope = f"shard {report.shard[0]}/{report.shard[1]}" if report.shard else "job"
+    typer.echo(
+        f"{scope} done: {report.outcome.images} images this run; output {st.out}: "
+        f"{st.images}/{st.n_items} images ({st.ok} ok, {st.errors} failed), units {st.units_done}/{st.n_units}"
+    )
+    rate = report.summary.get("images_per_second")
+    if rate:
+        typer.echo(f"throughput: {rate} img/s over {report.summary['wall_seconds']} s")
+    if st.errors:
+        kinds = ", ".join(f"{k} ({n})" for k, n in st.top_errors(5))
+        typer.echo(f"most common errors: {kinds}")
+    if threshold is not None and st.images and st.errors / st.images > threshold:
+        typer.echo(
+            f"error: {st.errors}/{st.images} images failed ({st.errors / st.images:.1%}), above the allowed "
+            f"{threshold:.1%} (max_error_fraction)",
+            err=True,
+        )
+        raise typer.Exit(EXIT_TOO_MANY_ERRORS)
+
+
+@app.command()
+def validate(manifest: Annotated[Path, typer.Argument(help="The TOML manifest to check.")]) -> None:
+    """Check a manifest; exit 0 if it is good, 2 with every problem named by its key."""
+    from .manifest import load_manifest
+    from .models.resolve import resolve_model
+
+    try:
+        m = load_manifest(manifest)
+        spec = resolve_model(m.model, m.runtime.backend, build=False)
+    except Exception as exc:
+        _fail(exc)
+    typer.echo(
+        f"ok: job {m.job.name!r} -> {m.job.output}; {len(m.dataset.paths)} dataset path(s); model {spec.name} "
+        f"({spec.format}, {spec.preprocess.size}px {spec.preprocess.layout} {spec.preprocess.dtype}); "
+        f"{m.runtime.backend} on {', '.join(str(d) for d in m.runtime.devices)}"
+    )
+
+
+@app.command()
+def status(
+    out: Annotated[Path, typer.Argument(help="A job's output directory.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Progress of a job from its output directory alone (during or after a run, any shell)."""
+    from .runner.summary import job_status, summary_dict
+
+    try:
+        st = job_status(out)
+    except Exception as exc:
+        _fail(exc)
+    if as_json:
+        data = summary_dict(st)
+        data["images_per_second_recent"] = st.recent_rate
+        data["eta_seconds"] = st.eta_seconds
+        typer.echo(json.dumps(data, indent=2))
+        return
+    state = "complete" if st.complete else "in progress or stopped"
+    typer.echo(f"job {st.name!r} in {st.out}: {state}")
+    typer.echo(f"units:  {st.units_done}/{st.n_units} committed")
+    typer.echo(f"images: {st.images}/{st.n_items} ({st.ok} ok, {st.errors} error)")
+    if st.recent_rate:
+        eta = st.eta_seconds
+        typer.echo(f"rate:   {st.recent_rate:.1f} img/s (latest commits)" + (f", eta {eta:.0f} s" if eta and not st.complete else ""))
+    if st.errors:
+        typer.echo("errors: " + ", ".join(f"{k} ({n})" for k, n in st.top_errors(5)))
+
+
+@app.command()
+def evaluate(
+    out: Annotated[Path, typer.Argument(help="A job's output directory.")],
+    labels: Annotated[Path, typer.Option(help="CSV with columns file,index (file = image_id or its file name).")],
+) -> None:
+    """Top-1 / top-5 accuracy against a labels CSV; also written to OUT/_evaluation.json."""
+    from .evaluate import evaluate as run_eval
+    from .evaluate import write_evaluation
+
+    try:
+        acc = run_eval(out, labels)
+        path = write_evaluation(out, acc, labels)
+    except Exception as exc:
+        _fail(exc)
+    typer.echo(f"top-1 {acc.top1:.4f}  top-5 {acc.top5:.4f}  ({acc.matched} labelled images with results, "
+               f"{acc.ok} classified, {acc.missing} without results) -> {path}")
+
+
+@app.command()
+def demo(
+    folder: Annotated[Path, typer.Option("--dir", help="Where to write the photos, manifest and results.")] = Path("demo"),
+) -> None:
+    """Classify real photos (from scikit-image) offline: writes a folder, a tar and a manifest, then runs it."""
+    from .api import load_results
+    from .demo import materialise
+    from .manifest import load_manifest
+    from .runner.job import run_job
+
+    try:
+        manifest = materialise(folder)
+        typer.echo(f"wrote demo photos and {manifest}")
+        report = run_job(load_manifest(manifest), progress_bar=sys.stderr.isatty())
+        df = load_results(report.out)
+    except Exception as exc:
+        _fail(exc)
+    for row in df.itertuples():
+        if row.status == "ok":
+            top = ", ".join(f"{lab} {p:.2f}" for lab, p in zip(row.top5_label[:3], row.top5_prob[:3], strict=False))
+            typer.echo(f"{row.image_id:32s} {top}")
+        else:
+            typer.echo(f"{row.image_id:32s} ERROR {row.error}")
+    typer.echo(f"results: {report.out} (pandas.read_parquet('{report.out}'))")
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    try:
+        app()
+    except SystemExit as exc:
+        raise SystemExit(exc.code if exc.code is not None else EXIT_OK) from None
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+
+

@@ -1,0 +1,93 @@
+"""Typed errors and the process exit codes they map to.
+
+Exit codes (documented in the README):
+
+====  ===========================================================================
+0     job complete: every listed image has a row (error rows included)
+1     unexpected internal error (a bug: please report with the traceback)
+2     bad manifest or command line (the message names the key or option)
+3     the job could not run: model, backend or device failed to start
+4     output directory is incompatible with this manifest (use --restart)
+5     another run holds the job lock (the message names pid, host, start time)
+6     the job finished but the error fraction exceeded ``max_error_fraction``
+7     units could not be completed (workers kept failing); a rerun resumes
+130   interrupted (Ctrl-C / SIGTERM / Slurm preemption): resumable, rerun to continue
+====  ===========================================================================
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+EXIT_STARTUP = 3
+EXIT_INCOMPATIBLE = 4
+EXIT_LOCKED = 5
+EXIT_TOO_MANY_ERRORS = 6
+EXIT_INCOMPLETE = 7
+EXIT_INTERRUPTED = 130
+
+
+class AscendBatchError(Exception):
+    """Base class: a failure a user can act on. ``exit_code`` is what the CLI exits with."""
+
+    exit_code = EXIT_INTERNAL
+
+
+class ManifestError(AscendBatchError):
+    """A manifest problem; ``key`` is the dotted manifest key (``runtime.devices``)."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, key: str, message: str, manifest: str | None = None) -> None:
+        self.key = key
+        self.message = message
+        self.manifest = manifest
+        where = f"{manifest}: " if manifest else ""
+        super().__init__(f"{where}[{key}] {message}")
+
+
+class ManifestErrors(AscendBatchError):
+    """Several manifest problems at once (``validate`` reports them all)."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, errors: list[ManifestError]) -> None:
+        self.errors = errors
+        super().__init__("\n".join(str(e) for e in errors))
+
+
+class StartupError(AscendBatchError):
+    """Model, backend or device could not be opened."""
+
+    exit_code = EXIT_STARTUP
+
+
+class BackendError(StartupError):
+    """A runtime call failed; the message names the call, the code and the device."""
+
+
+class IncompatibleOutputError(AscendBatchError):
+    exit_code = EXIT_INCOMPATIBLE
+
+
+class LockedError(AscendBatchError):
+    exit_code = EXIT_LOCKED
+
+
+class IncompleteError(AscendBatchError):
+    exit_code = EXIT_INCOMPLETE
+
+
+class InterruptedRun(AscendBatchError):
+    exit_code = EXIT_INTERRUPTED
+
+
+class ImageError(Exception):
+    """One input could not be turned into a model input. ``kind`` is a short tag (``decode``,
+    ``read``, ``too-large``, ...); the row's ``error`` column is ``f"{kind}: {message}"``."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        self.kind = kind
+        self.message = message
+        super().__init__(f"{kind}: {message}")

@@ -1,0 +1,157 @@
+"""Listing snapshot and deterministic units.
+
+The snapshot (``out/_listing.parquet``) is written once, when a job starts, with one row group per
+unit, so a resumed job (or another Slurm array task) sees exactly the same items and unit
+boundaries, and a worker reads only its unit's rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .sources import Item
+
+LISTING_FILE = "_listing.parquet"
+
+LISTING_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("source", pa.string()),
+        ("kind", pa.string()),
+        ("path", pa.string()),
+        ("member", pa.string()),
+        ("offset", pa.int64()),
+        ("size", pa.int64()),
+        ("mtime", pa.float64()),
+        ("error", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A contiguous slice ``[start, stop)`` of the snapshot listing."""
+
+    index: int
+    start: int
+    stop: int
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    path: Path
+    n_items: int
+    unit_size: int
+    digest: str  # hash of ids and sizes: identifies the listing
+
+    @property
+    def units(self) -> list[Unit]:
+        return make_units(self.n_items, self.unit_size)
+
+
+def make_units(n_items: int, unit_size: int) -> list[Unit]:
+    return [Unit(i, s, min(s + unit_size, n_items)) for i, s in enumerate(range(0, n_items, unit_size))]
+
+
+def shard_units(units: Sequence[Unit], shard: int, shards: int) -> list[Unit]:
+    """The units of Slurm array task ``shard`` of ``shards``: ``unit % shards == shard``."""
+    return [u for u in units if u.index % shards == shard]
+
+
+def _item_offset(item: Item) -> int:
+    return int(getattr(item, "offset", -1))
+
+
+def write_snapshot(items: Iterable[Item], path: Path, unit_size: int) -> Snapshot:
+    """Write the listing in row groups of ``unit_size`` to ``path`` (atomically, exclusive:
+    if another process wrote it first, its snapshot wins and is returned)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    digest = hashlib.sha256()
+    n = 0
+    cols: dict[str, list] = {name: [] for name in LISTING_SCHEMA.names}
+    try:
+        with pq.ParquetWriter(tmp, LISTING_SCHEMA, compression="zstd") as writer:
+            for item in items:
+                cols["image_id"].append(item.id)
+                cols["source"].append(item.source)
+                cols["kind"].append(item.kind)
+                cols["path"].append(item.path)
+                cols["member"].append(item.member)
+                cols["offset"].append(_item_offset(item))
+                cols["size"].append(item.size)
+                cols["mtime"].append(item.mtime)
+                cols["error"].append(item.error)
+                digest.update(f"{item.id}\0{item.size}\n".encode())
+                n += 1
+                if len(cols["image_id"]) == unit_size:
+                    writer.write_table(pa.table(cols, schema=LISTING_SCHEMA), row_group_size=unit_size)
+                    cols = {name: [] for name in LISTING_SCHEMA.names}
+            if cols["image_id"] or n == 0:
+                writer.write_table(pa.table(cols, schema=LISTING_SCHEMA), row_group_size=unit_size)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)  # exclusive create: the first writer wins
+        except FileExistsError:
+            return read_snapshot(path)
+        fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return Snapshot(path, n, unit_size, digest.hexdigest()[:16])
+
+
+def read_snapshot(path: Path) -> Snapshot:
+    pf = pq.ParquetFile(path)
+    n = pf.metadata.num_rows
+    unit_size = pf.metadata.row_group(0).num_rows if pf.metadata.num_row_groups else 1
+    digest = hashlib.sha256()
+    for batch in pf.iter_batches(columns=["image_id", "size"], batch_size=65536):
+        for image_id, size in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True):
+            digest.update(f"{image_id}\0{size}\n".encode())
+    return Snapshot(path, n, max(unit_size, 1), digest.hexdigest()[:16])
+
+
+def read_unit_items(listing: pq.ParquetFile, unit: Unit, start: int | None = None, stop: int | None = None) -> list[Item]:
+    """Items of ``unit`` (or of its slice ``[start, stop)`` in listing coordinates)."""
+    table = listing.read_row_group(unit.index)
+    lo = (start if start is not None else unit.start) - unit.start
+    hi = (stop if stop is not None else unit.stop) - unit.start
+    rows = table.slice(lo, hi - lo).to_pylist()
+    return list(_items(rows))
+
+
+def _items(rows: list[dict]) -> Iterator[Item]:
+    fields = set(Item.__dataclass_fields__)
+    for r in rows:
+        kwargs = {
+            "id": r["image_id"],
+            "source": r["source"],
+            "kind": r["kind"],
+            "path": r["path"],
+            "member": r["member"],
+            "size": r["size"],
+            "mtime": r["mtime"],
+            "error": r["error"],
+        }
+        if "offset" in fields:
+            kwargs["offset"] = r["offset"]
+        yield Item(**kwargs)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,337 @@
+"""One worker process per device: open the backend session here, then run tasks sent by the
+supervisor (units, or slices of a unit being bisected) until told to stop.
+
+Inside a task the data flow is one way: items -> bytes (read, in this thread, in listing order)
+-> decoded arrays (thread pool, ``prefetch`` batches ahead) -> fixed-size batches -> session.infer
+-> top-k -> rows -> one atomically committed Parquet file. Every item ends as exactly one row.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import ctypes
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from ..backends.base import Device, Session, get_backend
+from ..errors import AscendBatchError, ImageError, StartupError
+from ..models.spec import ModelSpec
+from ..plan import Unit, read_unit_items
+from ..preprocess import Decoded, decode
+from ..sources import Item, ItemReader
+from .writer import RowBuffer, commit_table, part_name, topk
+
+EXIT_WORKER_STARTUP = 3
+EXIT_WORKER_FAILED = 4
+PIECES_DIR = "_pieces"
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything a worker needs; plain data, pickled to the spawned process."""
+
+    out: Path
+    listing: Path
+    model: ModelSpec
+    backend: str
+    device: Device
+    batch_size: int
+    threads: int
+    decode_workers: int
+    prefetch: int
+    run_id: str
+    max_pixels: int
+    max_member_bytes: int
+    decode_timeout: float
+
+
+@dataclass(frozen=True)
+class Task:
+    """Work sent to a worker: a whole unit, or the slice ``[start, stop)`` of one (a piece)."""
+
+    unit: Unit
+    start: int
+    stop: int
+    piece: bool = False
+
+    @property
+    def key(self) -> tuple[int, int, int]:
+        return (self.unit.index, self.start, self.stop)
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+
+def piece_name(task: Task) -> str:
+    return f"u{task.unit.index:06d}-{task.start:012d}-{task.stop:012d}.parquet"
+
+
+@dataclass
+class TaskStats:
+    images: int = 0
+    ok: int = 0
+    errors: int = 0
+    error_kinds: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(
+        default_factory=lambda: {"read": 0.0, "decode": 0.0, "infer": 0.0, "write": 0.0, "wait_decode": 0.0}
+    )
+    batches: int = 0
+    started: float = 0.0
+    finished: float = 0.0
+
+    def error(self, kind: str) -> None:
+        self.errors += 1
+        self.error_kinds[kind] = self.error_kinds.get(kind, 0) + 1
+
+
+class _Abandon(Exception):
+    """Raised to drop the current task without committing (SIGTERM)."""
+
+
+class _State:
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.idle = True
+
+
+def _die_with_parent() -> None:
+    """Never outlive the supervisor: ask the kernel to SIGKILL us when it dies, and poll as a fallback."""
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+    if os.getppid() != parent:
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def worker_main(cfg: WorkerConfig, conn: Connection) -> None:
+    """Entry point of a spawned worker process."""
+    _die_with_parent()
+    state = _State()
+
+    def on_term(signum: int, frame: Any) -> None:
+        state.stop.set()
+        if state.idle:
+            raise _Abandon()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor coordinates Ctrl-C
+    if hasattr(signal, "SIGUSR1"):
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+    session: Session | None = None
+    try:
+        try:
+            session = get_backend(cfg.backend).open(
+                cfg.device, cfg.model, batch_size=cfg.batch_size, threads=cfg.threads
+            )
+        except AscendBatchError as exc:
+            conn.send(("fatal", str(exc)))
+            sys.exit(EXIT_WORKER_STARTUP)
+        except Exception as exc:
+            conn.send(("fatal", f"device {cfg.device}: {type(exc).__name__}: {exc}"))
+            sys.exit(EXIT_WORKER_STARTUP)
+        conn.send(("ready", session.max_batch))
+        _serve(cfg, conn, session, state)
+    except _Abandon:
+        pass
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        pass  # supervisor gone
+    finally:
+        if session is not None:
+            try:
+                session.close()
+            except Exception as exc:  # report, but never mask the original failure
+                print(f"ascend-batch worker {cfg.device}: error while releasing the session: {exc}", file=sys.stderr)
+
+
+def _serve(cfg: WorkerConfig, conn: Connection, session: Session, state: _State) -> None:
+    listing = pq.ParquetFile(cfg.listing)
+    pool = _DecodePool(max(1, cfg.decode_workers))
+    try:
+        with ItemReader(cfg.max_member_bytes) as reader:
+            while True:
+                state.idle = True
+                if state.stop.is_set():
+                    return
+                task = conn.recv()
+                state.idle = False
+                if task is None:
+                    return
+                try:
+                    stats = run_task(cfg, session, listing, reader, pool, task, conn, state)
+                except _Abandon:
+                    return
+                except AscendBatchError as exc:
+                    conn.send(("failed", task.key, str(exc)))
+                    sys.exit(EXIT_WORKER_FAILED)
+                conn.send(("done", task.key, stats.__dict__))
+    finally:
+        pool.shutdown()
+
+
+class _DecodePool:
+    """A thread pool that can be replaced when a decode hangs past its time limit."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.pool = cf.ThreadPoolExecutor(workers, thread_name_prefix="decode")
+
+    def submit(self, fn: Any, *args: Any) -> cf.Future:
+        return self.pool.submit(fn, *args)
+
+    def replace(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=False)
+        self.pool = cf.ThreadPoolExecutor(self.workers, thread_name_prefix="decode")
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _timed_decode(data: bytes, cfg: WorkerConfig) -> tuple[Decoded | ImageError, float]:
+    t0 = time.perf_counter()
+    try:
+        result: Decoded | ImageError = decode(data, cfg.model.preprocess, cfg.max_pixels)
+    except ImageError as exc:
+        result = exc
+    except Exception as exc:  # decode promises ImageError only; never let a bug kill the unit
+        result = ImageError("decode", f"{type(exc).__name__}: {exc}")
+    return result, time.perf_counter() - t0
+
+
+def _decoded(
+    cfg: WorkerConfig, items: list[Item], reader: ItemReader, pool: _DecodePool, window: int, stats: TaskStats
+) -> Iterator[tuple[int, Decoded | ImageError]]:
+    """(position, decoded or error) in listing order; reads ahead ``window`` items."""
+    pending: collections.deque[tuple[int, cf.Future | ImageError]] = collections.deque()
+    it = iter(enumerate(items))
+
+    def fill() -> None:
+        while len(pending) < window:
+            nxt = next(it, None)
+            if nxt is None:
+                return
+            pos, item = nxt
+            t0 = time.perf_counter()
+            try:
+                data = reader.read(item)
+            except ImageError as exc:
+                pending.append((pos, exc))
+                continue
+            finally:
+                stats.seconds["read"] += time.perf_counter() - t0
+            pending.append((pos, pool.submit(_timed_decode, data, cfg)))
+
+    fill()
+    while pending:
+        pos, fut = pending.popleft()
+        if isinstance(fut, ImageError):
+            yield pos, fut
+        else:
+            t0 = time.perf_counter()
+            try:
+                result, seconds = fut.result(timeout=cfg.decode_timeout)
+                stats.seconds["decode"] += seconds
+            except cf.TimeoutError:
+                result = ImageError("timeout", f"decoding took longer than {cfg.decode_timeout:g} s")
+                pool.replace()  # the stuck thread is abandoned; the rest go on in a fresh pool
+            stats.seconds["wait_decode"] += time.perf_counter() - t0
+            yield pos, result
+        fill()
+
+
+def run_task(
+    cfg: WorkerConfig,
+    session: Session,
+    listing: pq.ParquetFile,
+    reader: ItemReader,
+    pool: _DecodePool,
+    task: Task,
+    conn: Connection | None = None,
+    state: _State | None = None,
+) -> TaskStats:
+    """Classify the task's items and commit their rows. Raises _Abandon if asked to stop."""
+    stats = TaskStats(started=time.time())
+    items = read_unit_items(listing, task.unit, task.start, task.stop)
+    n = len(items)
+    batch_cap = max(1, min(cfg.batch_size, session.max_batch))
+    pp = cfg.model.preprocess
+    buffer = np.empty(pp.input_shape(batch_cap), dtype=pp.numpy_dtype)
+    labels = cfg.model.labels
+    # per position: (index, prob, w, h) or an error string
+    results: list[Any] = [None] * n
+    batch_pos: list[tuple[int, int, int]] = []
+
+    def flush() -> None:
+        if not batch_pos:
+            return
+        if state is not None and state.stop.is_set():
+            raise _Abandon()
+        t0 = time.perf_counter()
+        logits = session.infer(buffer[: len(batch_pos)])
+        stats.seconds["infer"] += time.perf_counter() - t0
+        idx, prob = topk(logits)
+        for j, (pos, w, h) in enumerate(batch_pos):
+            results[pos] = (idx[j], prob[j], w, h)
+        stats.batches += 1
+        if conn is not None:
+            conn.send(("progress", len(batch_pos)))
+        batch_pos.clear()
+
+    window = batch_cap * max(1, cfg.prefetch) + cfg.decode_workers
+    for pos, result in _decoded(cfg, items, reader, pool, window, stats):
+        if isinstance(result, ImageError):
+            results[pos] = f"{result.kind}: {result.message}"
+            stats.error(result.kind)
+            continue
+        buffer[len(batch_pos)] = result.array
+        batch_pos.append((pos, result.width, result.height))
+        if len(batch_pos) == batch_cap:
+            flush()
+    flush()
+
+    t0 = time.perf_counter()
+    rows = RowBuffer(cfg.model.name, cfg.backend, str(cfg.device), cfg.run_id)
+    now_ms = int(time.time() * 1000)
+    for item, res in zip(items, results, strict=True):
+        if isinstance(res, str):
+            rows.add_error(item.id, item.source, task.unit.index, now_ms, item.size, item.mtime, res)
+        else:
+            idx, prob, w, h = res
+            rows.add_ok(item.id, item.source, task.unit.index, now_ms, item.size, item.mtime, w, h, idx, prob, labels)
+            stats.ok += 1
+    stats.images = n
+    stats.finished = time.time()
+    meta = {**stats.__dict__, "device": str(cfg.device)}
+    if task.piece:
+        pieces = cfg.out / PIECES_DIR
+        pieces.mkdir(exist_ok=True)
+        commit_table(pieces, piece_name(task), rows.table(), meta)
+    else:
+        commit_table(cfg.out, part_name(task.unit.index), rows.table(), meta)
+    stats.seconds["write"] += time.perf_counter() - t0
+    return stats
