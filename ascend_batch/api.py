@@ -12,8 +12,13 @@ from .manifest import Manifest, load_manifest
 LABEL_COLUMNS = ("top1_label", "source", "status", "model", "backend", "device", "run_id")
 
 
-def run(manifest: str | Path | Manifest, *, output: str | Path | None = None, progress: bool = False,
-        **options: Any) -> Any:
+def run(
+    manifest: str | Path | Manifest,
+    *,
+    output: str | Path | None = None,
+    progress: bool = False,
+    **options: Any,
+) -> Any:
     """Run or resume the job of ``manifest`` (a path or a :class:`Manifest`); returns a RunReport.
 
     Raises the same typed errors the CLI maps to exit codes (``ascend_batch.errors``)."""

@@ -15,7 +15,6 @@ from .errors import (
     EXIT_INTERNAL,
     EXIT_OK,
     EXIT_TOO_MANY_ERRORS,
-    EXIT_USAGE,
     AscendBatchError,
     ManifestErrors,
 )
@@ -67,13 +66,19 @@ def run(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Override job.output.")] = None,
     devices: Annotated[str | None, typer.Option(help="Override runtime.devices, e.g. 'cpu:0,cpu:1' or '0,1'.")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Override runtime.batch_size.")] = None,
-    restart: Annotated[bool, typer.Option("--restart", help="Discard existing results in the output and start over.")] = False,
-    shard: Annotated[str | None, typer.Option(help="Process only units with unit % K == k ('k/K'); "
-                                              "default from SLURM_ARRAY_TASK_ID/COUNT.")] = None,
+    restart: Annotated[
+        bool, typer.Option("--restart", help="Discard existing results in the output and start over.")
+    ] = False,
+    shard: Annotated[
+        str | None,
+        typer.Option(help="Process only units with unit % K == k ('k/K'); default from SLURM_ARRAY_TASK_ID/COUNT."),
+    ] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="Log lines instead of a progress bar.")] = False,
     log_interval: Annotated[float, typer.Option(help="Seconds between progress log lines without a bar.")] = 30.0,
-    max_error_fraction: Annotated[float | None, typer.Option(help="Exit 6 if more than this fraction of images "
-                                                             "failed (overrides job.max_error_fraction).")] = None,
+    max_error_fraction: Annotated[
+        float | None,
+        typer.Option(help="Exit 6 if more than this fraction of images failed (overrides job.max_error_fraction)."),
+    ] = None,
 ) -> None:
     """Run a job, or resume it where it stopped."""
     from .manifest import load_manifest, parse_manifest
@@ -94,8 +99,7 @@ def run(
             m = m.with_output(output.resolve())
         threshold = max_error_fraction if max_error_fraction is not None else m.job.max_error_fraction
         bar = not no_progress and sys.stderr.isatty()
-        report = run_job(m, restart_job=restart, shard=_parse_shard(shard), progress_bar=bar,
-                         log_interval=log_interval)
+        report = run_job(m, restart_job=restart, shard=_parse_shard(shard), progress_bar=bar, log_interval=log_interval)
     except (AscendBatchError, Exception) as exc:
         _fail(exc)
     st = report.status
@@ -161,7 +165,10 @@ def status(
     typer.echo(f"images: {st.images}/{st.n_items} ({st.ok} ok, {st.errors} error)")
     if st.recent_rate:
         eta = st.eta_seconds
-        typer.echo(f"rate:   {st.recent_rate:.1f} img/s (latest commits)" + (f", eta {eta:.0f} s" if eta and not st.complete else ""))
+        typer.echo(
+            f"rate:   {st.recent_rate:.1f} img/s (latest commits)"
+            + (f", eta {eta:.0f} s" if eta and not st.complete else "")
+        )
     if st.errors:
         typer.echo("errors: " + ", ".join(f"{k} ({n})" for k, n in st.top_errors(5)))
 
@@ -180,13 +187,17 @@ def evaluate(
         path = write_evaluation(out, acc, labels)
     except Exception as exc:
         _fail(exc)
-    typer.echo(f"top-1 {acc.top1:.4f}  top-5 {acc.top5:.4f}  ({acc.matched} labelled images with results, "
-               f"{acc.ok} classified, {acc.missing} without results) -> {path}")
+    typer.echo(
+        f"top-1 {acc.top1:.4f}  top-5 {acc.top5:.4f}  ({acc.matched} labelled images with results, "
+        f"{acc.ok} classified, {acc.missing} without results) -> {path}"
+    )
 
 
 @app.command()
 def demo(
-    folder: Annotated[Path, typer.Option("--dir", help="Where to write the photos, manifest and results.")] = Path("demo"),
+    folder: Annotated[Path, typer.Option("--dir", help="Where to write the photos, manifest and results.")] = Path(
+        "demo"
+    ),
 ) -> None:
     """Classify real photos (from scikit-image) offline: writes a folder, a tar and a manifest, then runs it."""
     from .api import load_results
@@ -211,9 +222,41 @@ def demo(
 
 
 @app.command()
+def finalize(
+    out: Annotated[Path, typer.Argument(help="A job's output directory.")],
+) -> None:
+    """Verify every unit is committed; write _summary.json and _SUCCESS (exit 7 if units are missing)."""
+    from .errors import IncompleteError
+    from .runner.job import finalize as finalize_job
+
+    try:
+        st = finalize_job(out)
+        if not st.complete:
+            raise IncompleteError(
+                f"{out}: {st.missing_units} of {st.n_units} units are not committed; rerun the job (or the failed "
+                "array tasks) to complete them"
+            )
+    except Exception as exc:
+        _fail(exc)
+    typer.echo(
+        f"complete: {st.units_done}/{st.n_units} units, {st.images} images ({st.errors} errors); "
+        f"wrote {out / '_SUCCESS'}"
+    )
+
+
+@app.command()
 def version() -> None:
     """Print the version."""
     typer.echo(__version__)
+
+
+def _register_subcommands() -> None:
+    from .slurm_cli import slurm_app
+
+    app.add_typer(slurm_app, name="slurm")
+
+
+_register_subcommands()
 
 
 def main() -> None:
@@ -223,5 +266,3 @@ def main() -> None:
         raise SystemExit(exc.code if exc.code is not None else EXIT_OK) from None
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-
-

@@ -53,8 +53,14 @@ def evaluate(out: Path, labels_csv: Path) -> Accuracy:
         preds = list(row.top5_index)
         top1 += int(bool(preds) and preds[0] == want)
         top5 += int(want in preds)
-    return Accuracy(len(labels), matched, ok, top1 / matched if matched else 0.0, top5 / matched if matched else 0.0,
-                    len(labels) - matched)
+    return Accuracy(
+        len(labels),
+        matched,
+        ok,
+        top1 / matched if matched else 0.0,
+        top5 / matched if matched else 0.0,
+        len(labels) - matched,
+    )
 
 
 def write_evaluation(out: Path, acc: Accuracy, labels_csv: Path) -> Path:

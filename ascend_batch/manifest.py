@@ -21,7 +21,7 @@ else:  # pragma: no cover
 
 from .backends.base import BACKENDS, Device, parse_device
 from .errors import ManifestError, ManifestErrors
-from .preprocess import DEFAULT_MAX_PIXELS, DTYPES, LAYOUTS, _RESAMPLE
+from .preprocess import _RESAMPLE, DEFAULT_MAX_PIXELS, DTYPES, LAYOUTS
 
 DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 BUILTIN_MODELS = ("efficientnet_lite0",)
@@ -162,7 +162,8 @@ def _triple(r: _Reader, name: str) -> tuple[float, float, float] | None:
     if value is None:
         return None
     if isinstance(value, (int, float)):
-        return (float(value),) * 3  # type: ignore[return-value]
+        f = float(value)
+        return (f, f, f)
     if len(value) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
         r.fail(r.key(name), f"expected a list of 3 numbers (R, G, B), got {value!r}")
         return None
@@ -248,17 +249,27 @@ def parse_manifest(data: Mapping[str, Any], base: Path, source: Path | None = No
 
     fmt = r.check("format", fmt, lambda v: v in MODEL_FORMATS, f"expected one of {', '.join(MODEL_FORMATS)}", None)
     if mname_ is not None and mname_ not in BUILTIN_MODELS and mpath is None:
-        r.fail("model.name", f"unknown built-in model {mname_!r}; built-in: {', '.join(BUILTIN_MODELS)} "
-               "(or give model.path for your own model)")
+        r.fail(
+            "model.name",
+            f"unknown built-in model {mname_!r}; built-in: {', '.join(BUILTIN_MODELS)} "
+            "(or give model.path for your own model)",
+        )
     model_path = _resolve(base, mpath) if mpath else None
     if model_path is not None and not model_path.exists():
         r.fail("model.path", f"no such file: {model_path}")
     if model_path is not None and fmt is None:
-        guessed = {".onnx": "onnx", ".om": "om", ".pt": "torchscript", ".pt2": "torch-export",
-                   ".pth": "state-dict"}.get(model_path.suffix.lower())
+        guessed = {
+            ".onnx": "onnx",
+            ".om": "om",
+            ".pt": "torchscript",
+            ".pt2": "torch-export",
+            ".pth": "state-dict",
+        }.get(model_path.suffix.lower())
         if guessed is None:
-            r.fail("model.format", f"cannot tell the format of {model_path.name}; set format = one of "
-                   f"{', '.join(MODEL_FORMATS)}")
+            r.fail(
+                "model.format",
+                f"cannot tell the format of {model_path.name}; set format = one of {', '.join(MODEL_FORMATS)}",
+            )
         fmt = guessed
     labels = r.get("labels", str, "a path to a labels file (.txt or .csv)")
     labels_path = _resolve(base, labels) if labels else None
@@ -283,23 +294,53 @@ def parse_manifest(data: Mapping[str, Any], base: Path, source: Path | None = No
     dtype = r.get("dtype", str, "float32, float16 or uint8")
     dtype = r.check("dtype", dtype, lambda v: v in DTYPES, f"expected one of {', '.join(DTYPES)}", None)
     interp = r.get("interpolation", str, "bilinear, bicubic, nearest or lanczos")
-    interp = r.check("interpolation", interp, lambda v: v in _RESAMPLE, f"expected one of {', '.join(_RESAMPLE)}",
-                     None)
-    r.finish(("name", "path", "format", "arch", "weights", "labels", "input_size", "resize", "mean", "std",
-              "layout", "dtype", "interpolation"))
+    interp = r.check("interpolation", interp, lambda v: v in _RESAMPLE, f"expected one of {', '.join(_RESAMPLE)}", None)
+    r.finish(
+        (
+            "name",
+            "path",
+            "format",
+            "arch",
+            "weights",
+            "labels",
+            "input_size",
+            "resize",
+            "mean",
+            "std",
+            "layout",
+            "dtype",
+            "interpolation",
+        )
+    )
     if mname_ is None and model_path is None:
         mname_ = "efficientnet_lite0"
-    model = ModelConfig(name=mname_, path=model_path, format=fmt, arch=arch, weights=weights_path,
-                        labels=labels_path, input_size=size, resize=resize, mean=mean, std=std, layout=layout,
-                        dtype=dtype, interpolation=interp)
+    model = ModelConfig(
+        name=mname_,
+        path=model_path,
+        format=fmt,
+        arch=arch,
+        weights=weights_path,
+        labels=labels_path,
+        input_size=size,
+        resize=resize,
+        mean=mean,
+        std=std,
+        layout=layout,
+        dtype=dtype,
+        interpolation=interp,
+    )
 
     # [runtime]
     r = _Reader("runtime", data.get("runtime"), errors, mname)
     backend = r.get("backend", str, f"one of {', '.join(BACKENDS)}", "onnxruntime")
-    if backend not in BACKENDS:
-        r.fail("runtime.backend", f"expected one of {', '.join(BACKENDS)}, got {backend!r}")
+    plugin = ":" in backend
+    if backend not in BACKENDS and not plugin:
+        r.fail(
+            "runtime.backend",
+            f"expected one of {', '.join(BACKENDS)} (or a plugin 'module:Class'), got {backend!r}",
+        )
         backend = "onnxruntime"
-    default_kind = BACKENDS[backend][2]
+    default_kind = "cpu" if plugin else BACKENDS[backend][2]
     raw_devices = r.get("devices", (list, int, str), "a list of devices like ['cpu:0', 'cpu:1'] or [0, 1]")
     devices: list[Device] = []
     if raw_devices is None:
@@ -321,20 +362,49 @@ def parse_manifest(data: Mapping[str, Any], base: Path, source: Path | None = No
         if backend == "onnxruntime" and any(d.kind == "npu" for d in devices):
             r.fail("runtime.devices", "onnxruntime runs on 'cpu:N' or 'cuda:N', not NPUs (use backend = 'acl')")
     ints = {}
-    for key, default, minimum in (("batch_size", 32, 1), ("unit_size", 1000, 1), ("threads", 0, 0),
-                                  ("decode_workers", 0, 0), ("prefetch", 2, 1), ("max_retries", 2, 0)):
+    for key, default, minimum in (
+        ("batch_size", 32, 1),
+        ("unit_size", 1000, 1),
+        ("threads", 0, 0),
+        ("decode_workers", 0, 0),
+        ("prefetch", 2, 1),
+        ("max_retries", 2, 0),
+    ):
         v = r.get(key, int, f"an integer >= {minimum}", default)
-        ints[key] = r.check(key, v, lambda x, m=minimum: x >= m, f"expected an integer >= {minimum}", default)
-    r.finish(("backend", "devices", "batch_size", "unit_size", "threads", "decode_workers", "prefetch",
-              "max_retries"))
+        if v is not None and v < minimum:
+            r.fail(r.key(key), f"expected an integer >= {minimum}, got {v}")
+            v = default
+        ints[key] = v
+    r.finish(
+        (
+            "backend",
+            "devices",
+            "batch_size",
+            "unit_size",
+            "threads",
+            "decode_workers",
+            "prefetch",
+            "max_retries",
+        )
+    )
     runtime = RuntimeConfig(backend=backend, devices=tuple(devices), **ints)
 
-    if model.format is not None and model.path is not None and model.format not in BACKENDS[backend][3]:
-        errors.append(ManifestError("model.format", f"backend {backend!r} cannot run {model.format!r} models "
-                                    f"(it runs: {', '.join(BACKENDS[backend][3])})", mname))
+    if not plugin and model.format is not None and model.path is not None and model.format not in BACKENDS[backend][3]:
+        errors.append(
+            ManifestError(
+                "model.format",
+                f"backend {backend!r} cannot run {model.format!r} models (it runs: {', '.join(BACKENDS[backend][3])})",
+                mname,
+            )
+        )
     if backend == "acl" and model.path is None:
-        errors.append(ManifestError("model.path", "the acl backend needs an .om model: set model.path "
-                                    "(convert with ATC, see the README)", mname))
+        errors.append(
+            ManifestError(
+                "model.path",
+                "the acl backend needs an .om model: set model.path (convert with ATC, see the README)",
+                mname,
+            )
+        )
     if errors:
         raise ManifestErrors(errors)
     return Manifest(job, dataset, model, runtime, source, dict(data))

@@ -122,7 +122,9 @@ def read_snapshot(path: Path) -> Snapshot:
     return Snapshot(path, n, max(unit_size, 1), digest.hexdigest()[:16])
 
 
-def read_unit_items(listing: pq.ParquetFile, unit: Unit, start: int | None = None, stop: int | None = None) -> list[Item]:
+def read_unit_items(
+    listing: pq.ParquetFile, unit: Unit, start: int | None = None, stop: int | None = None
+) -> list[Item]:
     """Items of ``unit`` (or of its slice ``[start, stop)`` in listing coordinates)."""
     table = listing.read_row_group(unit.index)
     lo = (start if start is not None else unit.start) - unit.start

@@ -45,7 +45,9 @@ def tiny_onnx(path: Path, classes: int = 10, size: int = 32, batch: int | None =
     return path
 
 
-def make_images(folder: Path, n: int, size: tuple[int, int] = (64, 48), seed: int = 0, prefix: str = "img") -> list[Path]:
+def make_images(
+    folder: Path, n: int, size: tuple[int, int] = (64, 48), seed: int = 0, prefix: str = "img"
+) -> list[Path]:
     """``n`` distinct small JPEGs with random colour blocks."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -69,9 +71,18 @@ def write_manifest(path: Path, body: str) -> Path:
     return path
 
 
-def tiny_manifest(tmp: Path, images: Path | list[str], *, output: str = "out", devices: str = '["cpu:0"]',
-                  unit_size: int = 10, batch_size: int = 4, extra_runtime: str = "", extra_job: str = "",
-                  extra_dataset: str = "") -> Path:
+def tiny_manifest(
+    tmp: Path,
+    images: Path | list[str],
+    *,
+    output: str = "out",
+    devices: str = '["cpu:0"]',
+    unit_size: int = 10,
+    batch_size: int = 4,
+    extra_runtime: str = "",
+    extra_job: str = "",
+    extra_dataset: str = "",
+) -> Path:
     model = tiny_onnx(tmp / "tiny.onnx")
     labels = labels_file(tmp / "labels.txt")
     paths = [str(images)] if isinstance(images, Path) else images
@@ -109,5 +120,9 @@ def cli(*args: str | os.PathLike, env: dict | None = None, timeout: float = 300,
     full_env.setdefault("PYTHONUNBUFFERED", "1")
     return subprocess.run(
         [sys.executable, "-m", "ascend_batch", *map(str, args)],
-        capture_output=True, text=True, env=full_env, timeout=timeout, **kw,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        **kw,
     )

@@ -74,18 +74,37 @@ class Backend(Protocol):
 BACKENDS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
     "onnxruntime": ("ascend_batch.backends.onnx", "OnnxBackend", "cpu", ("onnx",)),
     "acl": ("ascend_batch.backends.acl", "AclBackend", "npu", ("om",)),
-    "torch": ("ascend_batch.backends.torch", "TorchBackend", "cuda", ("torchscript", "torch-export", "state-dict")),
+    "torch": (
+        "ascend_batch.backends.torch",
+        "TorchBackend",
+        "cuda",
+        ("torchscript", "torch-export", "state-dict"),
+    ),
 }
 
 
+def is_plugin(name: str) -> bool:
+    """``package.module:ClassName`` names a backend outside this package (a plugin)."""
+    return ":" in name
+
+
 def get_backend(name: str) -> Backend:
-    """Import and instantiate the backend ``name`` (only now: heavy runtimes stay unimported)."""
-    if name not in BACKENDS:
-        raise StartupError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    module_name, cls_name, _, _ = BACKENDS[name]
+    """Import and instantiate the backend ``name`` (only now: heavy runtimes stay unimported).
+
+    ``name`` is a built-in backend or a plugin ``package.module:ClassName`` whose class implements
+    the protocol above."""
+    if is_plugin(name):
+        module_name, _, cls_name = name.partition(":")
+    elif name in BACKENDS:
+        module_name, cls_name, _, _ = BACKENDS[name]
+    else:
+        raise StartupError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)} or 'module:Class'")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise StartupError(f"backend {name!r} is not available: {exc}") from exc
-    backend: Backend = getattr(module, cls_name)()
+    try:
+        backend: Backend = getattr(module, cls_name)()
+    except AttributeError:
+        raise StartupError(f"backend {name!r}: {module_name} has no class {cls_name}") from None
     return backend

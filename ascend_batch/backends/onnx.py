@@ -33,7 +33,9 @@ class OnnxSession:
         else:
             raise StartupError(f"device {device}: onnxruntime runs on cpu or cuda devices")
         try:
-            self._sess = ort.InferenceSession(str(model.path), sess_options=opts, providers=providers)
+            self._sess: ort.InferenceSession | None = ort.InferenceSession(
+                str(model.path), sess_options=opts, providers=providers
+            )
         except Exception as exc:
             raise StartupError(f"device {device}: cannot load ONNX model {model.path}: {exc}") from exc
         inp = self._sess.get_inputs()[0]
@@ -59,6 +61,8 @@ class OnnxSession:
             padded = np.zeros((self.max_batch, *batch.shape[1:]), dtype=batch.dtype)
             padded[:n] = batch
             batch = padded
+        if self._sess is None:
+            raise BackendError(f"device {self.device}: session is closed")
         try:
             out = self._sess.run([self._output_name], {self._input_name: batch})[0]
         except Exception as exc:
@@ -66,7 +70,7 @@ class OnnxSession:
         return np.asarray(out[:n], dtype=np.float32).reshape(n, -1)
 
     def close(self) -> None:
-        self._sess = None  # type: ignore[assignment]
+        self._sess = None
 
 
 class OnnxBackend:

@@ -116,9 +116,18 @@ def run_job(
                 f"{threads} infer + {decode} decode threads per worker]"
             )
         try:
-            outcome = Supervisor(
-                template, rt.devices, todo, max_retries=rt.max_retries, progress=progress, drain_timeout=drain_timeout
-            ).run() if todo else Outcome()
+            outcome = (
+                Supervisor(
+                    template,
+                    rt.devices,
+                    todo,
+                    max_retries=rt.max_retries,
+                    progress=progress,
+                    drain_timeout=drain_timeout,
+                ).run()
+                if todo
+                else Outcome()
+            )
         finally:
             progress.close()
         run = {
@@ -136,10 +145,7 @@ def run_job(
             "backend": rt.backend,
             "devices": [str(d) for d in rt.devices],
         }
-        if shard is None:
-            st = finalize(out, run)
-        else:
-            st = job_status(out)
+        st = finalize(out, run) if shard is None else job_status(out)
         report = RunReport(out, st, outcome, run_id, shard, summary=run)
         if outcome.interrupted:
             raise InterruptedRun(

@@ -76,8 +76,8 @@ def _identity(manifest: Manifest, model: ModelSpec) -> dict:
         "fingerprint": manifest.fingerprint(),
         "model": model.name,
         "model_identity": model.identity,
-        "preprocess": model.preprocess.__dict__ | {"mean": list(model.preprocess.mean),
-                                                   "std": list(model.preprocess.std)},
+        "preprocess": model.preprocess.__dict__
+        | {"mean": list(model.preprocess.mean), "std": list(model.preprocess.std)},
         "unit_size": manifest.runtime.unit_size,
     }
 
@@ -92,7 +92,8 @@ def _check(out: Path, meta: dict, want: dict) -> None:
     diffs = [f"{names[k]} ({meta.get(k)!r} there, {want[k]!r} now)" for k in names if meta.get(k) != want[k]]
     if diffs:
         raise IncompatibleOutputError(
-            f"{out} holds results of a different job: " + "; ".join(diffs)
+            f"{out} holds results of a different job: "
+            + "; ".join(diffs)
             + ". Use another job.output, or rerun with --restart to discard those results."
         )
 
@@ -129,8 +130,10 @@ def prepare(manifest: Manifest, model: ModelSpec, out: Path) -> JobInfo:
                 "choose another job.output"
             )
         listing = out / LISTING_FILE
-        snapshot = read_snapshot(listing) if listing.exists() else write_snapshot(
-            list_items(manifest.dataset), listing, manifest.runtime.unit_size
+        snapshot = (
+            read_snapshot(listing)
+            if listing.exists()
+            else write_snapshot(list_items(manifest.dataset), listing, manifest.runtime.unit_size)
         )
         meta = {
             "version": __version__,

@@ -9,6 +9,7 @@ worker's death requeues exactly that task.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import multiprocessing as mp
 import signal
@@ -129,10 +130,8 @@ class Supervisor:
         for w in self.workers:
             if w.ready and w.task is None and not w.stopping and self.queue:
                 w.task = self.queue.popleft()
-                try:
-                    w.conn.send(w.task)
-                except (BrokenPipeError, OSError):
-                    pass  # its death is handled when its sentinel fires
+                with contextlib.suppress(BrokenPipeError, OSError):
+                    w.conn.send(w.task)  # if it died, its sentinel fires and the task is requeued
 
     def _handle(self, w: _Worker, msg: tuple) -> None:
         kind = msg[0]

@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from ..backends.base import Device, Session, get_backend
-from ..errors import AscendBatchError, ImageError, StartupError
+from ..errors import AscendBatchError, ImageError
 from ..models.spec import ModelSpec
 from ..plan import Unit, read_unit_items
 from ..preprocess import Decoded, decode
@@ -166,7 +166,10 @@ def worker_main(cfg: WorkerConfig, conn: Connection) -> None:
             try:
                 session.close()
             except Exception as exc:  # report, but never mask the original failure
-                print(f"ascend-batch worker {cfg.device}: error while releasing the session: {exc}", file=sys.stderr)
+                print(
+                    f"ascend-batch worker {cfg.device}: error while releasing the session: {exc}",
+                    file=sys.stderr,
+                )
 
 
 def _serve(cfg: WorkerConfig, conn: Connection, session: Session, state: _State) -> None:
