@@ -98,7 +98,7 @@ def run(
         if output is not None:
             m = m.with_output(output.resolve())
         threshold = max_error_fraction if max_error_fraction is not None else m.job.max_error_fraction
-        bar = not no_progress and sys.stderr.isatty()
+        bar = not no_progress and sys.stdout.isatty() and sys.stderr.isatty()
         report = run_job(m, restart_job=restart, shard=_parse_shard(shard), progress_bar=bar, log_interval=log_interval)
     except (AscendBatchError, Exception) as exc:
         _fail(exc)
@@ -242,6 +242,50 @@ def finalize(
         f"complete: {st.units_done}/{st.n_units} units, {st.images} images ({st.errors} errors); "
         f"wrote {out / '_SUCCESS'}"
     )
+
+
+@app.command()
+def bench(
+    images: Annotated[Path, typer.Argument(help="A folder (or archive, list file) of images.")],
+    backend: Annotated[str, typer.Option(help="onnxruntime | acl | torch")] = "onnxruntime",
+    devices: Annotated[str, typer.Option(help="Devices for the runner, comma separated.")] = "cpu:0",
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    repeats: Annotated[int, typer.Option(min=1, help="Repeats; medians are reported.")] = 3,
+    model_path: Annotated[Path | None, typer.Option(help="A model file instead of the default model.")] = None,
+    unit_size: Annotated[int, typer.Option(min=1)] = 100,
+    limit: Annotated[int | None, typer.Option(help="Use only the first N images.")] = None,
+    scaling: Annotated[str | None, typer.Option(help="Also measure the runner with these CPU worker counts, "
+                                                "e.g. '1,2'.")] = None,
+    json_out: Annotated[Path, typer.Option("--json", help="Where to write the figures.")] = Path("bench.json"),
+    png_out: Annotated[Path | None, typer.Option("--png", help="Bar chart (needs matplotlib).")] = Path("bench.png"),
+) -> None:
+    """Seed-style loop vs batched script vs inference ceiling vs the runner, same images and model."""
+    from .bench import format_report, run_bench, run_scaling, write_chart
+
+    model = {"path": str(model_path.resolve())} if model_path else None
+    try:
+        report = run_bench(images.resolve(), backend=backend, devices=[d.strip() for d in devices.split(",")],
+                           batch_size=batch_size, repeats=repeats, model=model, unit_size=unit_size, limit=limit,
+                           log=lambda s: typer.echo(s, err=True))
+        if scaling:
+            counts = [int(x) for x in scaling.split(",")]
+            report["scaling"] = run_scaling(images.resolve(), counts, backend=backend, batch_size=batch_size,
+                                            repeats=repeats, model=model, unit_size=unit_size,
+                                            log=lambda s: typer.echo(s, err=True))
+    except Exception as exc:
+        _fail(exc)
+    json_out.write_text(json.dumps(report, indent=2))
+    typer.echo(format_report(report))
+    if "scaling" in report:
+        sc = report["scaling"]
+        typer.echo("scaling: " + ", ".join(f"{k} worker(s) {v} img/s (x{sc['speedup'][k]})"
+                                           for k, v in sc["img_per_s"].items()))
+    typer.echo(f"wrote {json_out}")
+    if png_out is not None:
+        if write_chart(report, png_out):
+            typer.echo(f"wrote {png_out}")
+        else:
+            typer.echo("no chart: pip install matplotlib (or '.[bench]')", err=True)
 
 
 @app.command()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -84,9 +85,11 @@ class Manifest:
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def fingerprint(self) -> str:
-        """Hash of what decides the results (dataset, model, preprocessing), not of runtime knobs
-        such as devices or batch size, so a rerun on other hardware still resumes."""
-        payload = {"dataset": self.raw.get("dataset", {}), "model": self.raw.get("model", {})}
+        """Hash of what decides the results (the dataset's resolved paths and options, the model and
+        its preprocessing), not of runtime knobs such as devices or batch size, nor of how paths
+        are spelled, so a rerun on other hardware or from another folder still resumes."""
+        dataset = {k: v for k, v in asdict(self.dataset).items() if k not in ("paths", "skip_existing")}
+        payload = {"dataset": dataset, "model": asdict(self.model)}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def with_runtime(self, **changes: Any) -> Manifest:
@@ -154,7 +157,7 @@ class _Reader:
 
 def _resolve(base: Path, value: str) -> Path:
     p = Path(value).expanduser()
-    return p if p.is_absolute() else (base / p)
+    return Path(os.path.normpath(p if p.is_absolute() else (base / p)))
 
 
 def _triple(r: _Reader, name: str) -> tuple[float, float, float] | None:
