@@ -210,6 +210,7 @@ def parse_manifest(data: Mapping[str, Any], base: Path, source: Path | None = No
                 r.fail(f"dataset.paths[{i}]", f"expected a path string, got {p!r}")
                 continue
             full = _resolve(base, p)
+            # a glob may match nothing (a quiet night); a plain path must exist
             if not any(ch in p for ch in "*?[") and not full.exists():
                 r.fail(f"dataset.paths[{i}]", f"no such file or directory: {full}")
             resolved.append(full)

@@ -25,8 +25,8 @@ LISTING_SCHEMA = pa.schema(
         ("image_id", pa.string()),
         ("source", pa.string()),
         ("kind", pa.string()),
-        ("path", pa.string()),
-        ("member", pa.string()),
+        ("path", pa.binary()),  # file system bytes: names need not be UTF-8
+        ("member", pa.binary()),
         ("offset", pa.int64()),
         ("size", pa.int64()),
         ("mtime", pa.float64()),
@@ -86,8 +86,8 @@ def write_snapshot(items: Iterable[Item], path: Path, unit_size: int) -> Snapsho
                 cols["image_id"].append(item.id)
                 cols["source"].append(item.source)
                 cols["kind"].append(item.kind)
-                cols["path"].append(item.path)
-                cols["member"].append(item.member)
+                cols["path"].append(os.fsencode(item.path))
+                cols["member"].append(None if item.member is None else os.fsencode(item.member))
                 cols["offset"].append(_item_offset(item))
                 cols["size"].append(item.size)
                 cols["mtime"].append(item.mtime)
@@ -140,8 +140,8 @@ def _items(rows: list[dict]) -> Iterator[Item]:
             "id": r["image_id"],
             "source": r["source"],
             "kind": r["kind"],
-            "path": r["path"],
-            "member": r["member"],
+            "path": os.fsdecode(r["path"]),
+            "member": None if r["member"] is None else os.fsdecode(r["member"]),
             "size": r["size"],
             "mtime": r["mtime"],
             "error": r["error"],

@@ -84,11 +84,20 @@ class Item:
     # tar: offset of the member's data in the (decompressed) tar stream; zip: offset of the
     # member's local header (tells apart members that share a name); -1 otherwise
     offset: int = -1
-    compression: str | None = None  # tar only: None (plain, random access), "gz", "bz2" or "xz"
 
 
 def _error(item_id: str, source: str, path: str, kind: str, message: str) -> Item:
-    return Item(item_id, source, "error", path, error=f"{kind}: {message}")
+    return Item(_printable(item_id), source, "error", path, error=_printable(f"{kind}: {message}"))
+
+
+def _printable(text: str) -> str:
+    """``text`` as valid UTF-8 (ids and messages end in Parquet): bytes of a file name that are not
+    UTF-8, which Python keeps as surrogate escapes, become ``\\xNN``. Stable across runs."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text
 
 
 def _join(prefix: str, rel: str) -> str:
@@ -166,7 +175,12 @@ class _Lister:
         self, path: str, item_id: str, *, allow_lists: bool, filter_ext: bool, entry: bool = False
     ) -> Iterator[Item]:
         """Items of ``path`` with id ``item_id``; ``entry``: the manifest entry itself (a folder's
-        files then get ids relative to it, without the folder's name)."""
+        files then get ids relative to it, without the folder's name). ``filter_ext`` is for paths
+        found by a walk, known not to be folders: other files are skipped without a ``stat``."""
+        name = os.path.basename(path)
+        if filter_ext and not (self.wanted(name) or is_archive(name)):
+            return
+        item_id = _printable(item_id)
         try:
             st = os.stat(path)
         except OSError as exc:
@@ -175,7 +189,6 @@ class _Lister:
         if stat.S_ISDIR(st.st_mode):
             yield from self.directory(path, "" if entry else item_id)
             return
-        name = os.path.basename(path)
         if allow_lists and is_list_file(name):
             yield from self.list_file(path)
             return
@@ -185,9 +198,7 @@ class _Lister:
             elif name.lower().endswith(ZIP_SUFFIXES):
                 yield from self.zip(path, item_id)
             else:
-                yield from self.tar(path, item_id, st.st_size)
-            return
-        if filter_ext and not self.wanted(name):
+                yield from self.tar(path, item_id)
             return
         if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end
             yield _error(item_id, self.source, path, "read", f"not a regular file: {path}")
@@ -256,7 +267,7 @@ class _Lister:
             full = os.path.normpath(os.path.join(folder, os.path.expanduser(entry)))
             yield from self.path(full, entry, allow_lists=False, filter_ext=False)
 
-    def tar(self, path: str, archive_id: str, file_size: int) -> Iterator[Item]:
+    def tar(self, path: str, archive_id: str) -> Iterator[Item]:
         """Members of a tar (plain or gz/bz2/xz-compressed) in stored order. A damaged tar yields the
         members before the damage, then one error item (id = the archive id)."""
         try:
@@ -282,9 +293,14 @@ class _Lister:
         regular: dict[str, tuple[int, int]] = {}  # name -> (data offset, size), for hard links
         listed: set[str] = set()
         duplicates: list[str] = []
+        sparse: list[str] = []
         problem: str | None = None
 
         def emit(m: tarfile.TarInfo) -> Item | None:
+            if m.issparse():  # its data is not stored contiguously: not readable by offset
+                if self.wanted(m.name):
+                    sparse.append(m.name)
+                return None
             if m.isreg():
                 regular[m.name] = (m.offset_data, m.size)
                 offset, size = m.offset_data, m.size
@@ -299,15 +315,14 @@ class _Lister:
                 return None
             listed.add(m.name)
             return Item(
-                f"{archive_id}::{m.name}",
+                f"{archive_id}::{_printable(m.name)}",
                 self.source,
                 "tar",
                 path,
-                m.name,
+                _printable(m.name),
                 size,
                 float(m.mtime),
                 offset=offset,
-                compression=compression,
             )
 
         try:
@@ -326,10 +341,13 @@ class _Lister:
         except (*_ARCHIVE_ERRORS, KeyError) as exc:
             where = f" (in or after member {pending.name!r})" if pending is not None else ""
             problem = f"truncated tar after {intact} members: {_msg(exc)}{where}"
+        notes = [problem] if problem else []
         if duplicates:
-            dup = f"{len(duplicates)} duplicate member names, first copy kept (e.g. {duplicates[0]!r})"
-            problem = f"{problem}; {dup}" if problem else dup
-        if problem:
+            notes.append(f"{len(duplicates)} duplicate member names, first copy kept (e.g. {duplicates[0]!r})")
+        if sparse:
+            notes.append(f"{len(sparse)} sparse members not supported (e.g. {sparse[0]!r})")
+        if notes:
+            problem = "; ".join(notes)
             yield _error(archive_id, self.source, path, "archive", problem)
 
     def zip(self, path: str, archive_id: str) -> Iterator[Item]:
@@ -584,8 +602,8 @@ class _Archive:
             if item.kind == "zip":
                 self.zip = zipfile.ZipFile(self.raw)
                 self.by_offset = {info.header_offset: info for info in self.zip.infolist()}
-            else:
-                self.stream = _decompressed(self.raw, item.compression)
+            else:  # compression is told by content, as when listed
+                self.stream = _decompressed(self.raw, _sniff_compression(self.raw))
         except BaseException:
             self.raw.close()
             raise
@@ -616,6 +634,15 @@ class ItemReader:
         self._lock = threading.Lock()
 
     def read(self, item: Item) -> bytes:
+        try:
+            return self._read(item)
+        except ImageError as exc:
+            message = _printable(exc.message)  # paths may hold undecodable bytes
+            if message is exc.message:
+                raise
+            raise ImageError(exc.kind, message) from None
+
+    def _read(self, item: Item) -> bytes:
         if item.kind == "error":
             kind, _, message = (item.error or "listing: unknown error").partition(": ")
             raise ImageError(kind, message)
