@@ -254,8 +254,9 @@ def bench(
     model_path: Annotated[Path | None, typer.Option(help="A model file instead of the default model.")] = None,
     unit_size: Annotated[int, typer.Option(min=1)] = 100,
     limit: Annotated[int | None, typer.Option(help="Use only the first N images.")] = None,
-    scaling: Annotated[str | None, typer.Option(help="Also measure the runner with these CPU worker counts, "
-                                                "e.g. '1,2'.")] = None,
+    scaling: Annotated[
+        str | None, typer.Option(help="Also measure the runner with these CPU worker counts, e.g. '1,2'.")
+    ] = None,
     json_out: Annotated[Path, typer.Option("--json", help="Where to write the figures.")] = Path("bench.json"),
     png_out: Annotated[Path | None, typer.Option("--png", help="Bar chart (needs matplotlib).")] = Path("bench.png"),
 ) -> None:
@@ -264,22 +265,39 @@ def bench(
 
     model = {"path": str(model_path.resolve())} if model_path else None
     try:
-        report = run_bench(images.resolve(), backend=backend, devices=[d.strip() for d in devices.split(",")],
-                           batch_size=batch_size, repeats=repeats, model=model, unit_size=unit_size, limit=limit,
-                           log=lambda s: typer.echo(s, err=True))
+        report = run_bench(
+            images.resolve(),
+            backend=backend,
+            devices=[d.strip() for d in devices.split(",")],
+            batch_size=batch_size,
+            repeats=repeats,
+            model=model,
+            unit_size=unit_size,
+            limit=limit,
+            log=lambda s: typer.echo(s, err=True),
+        )
         if scaling:
             counts = [int(x) for x in scaling.split(",")]
-            report["scaling"] = run_scaling(images.resolve(), counts, backend=backend, batch_size=batch_size,
-                                            repeats=repeats, model=model, unit_size=unit_size,
-                                            log=lambda s: typer.echo(s, err=True))
+            report["scaling"] = run_scaling(
+                images.resolve(),
+                counts,
+                backend=backend,
+                batch_size=batch_size,
+                repeats=repeats,
+                model=model,
+                unit_size=unit_size,
+                log=lambda s: typer.echo(s, err=True),
+            )
     except Exception as exc:
         _fail(exc)
     json_out.write_text(json.dumps(report, indent=2))
     typer.echo(format_report(report))
     if "scaling" in report:
         sc = report["scaling"]
-        typer.echo("scaling: " + ", ".join(f"{k} worker(s) {v} img/s (x{sc['speedup'][k]})"
-                                           for k, v in sc["img_per_s"].items()))
+        typer.echo(
+            "scaling: "
+            + ", ".join(f"{k} worker(s) {v} img/s (x{sc['speedup'][k]})" for k, v in sc["img_per_s"].items())
+        )
     typer.echo(f"wrote {json_out}")
     if png_out is not None:
         if write_chart(report, png_out):

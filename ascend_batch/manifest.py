@@ -73,6 +73,14 @@ class RuntimeConfig:
     decode_workers: int = 0  # decode threads per worker; 0 = automatic
     prefetch: int = 2  # batches decoded ahead of inference
     max_retries: int = 2  # worker deaths tolerated per unit before it is bisected
+    precision: str | None = None  # torch: fp32 | fp16 | bf16 (default fp16 on cuda/npu, fp32 on cpu)
+    channels_last: bool | None = None  # torch: NHWC memory format on accelerators (default on)
+    compile: bool | None = None  # torch: torch.compile the model (default off)
+
+    def backend_options(self) -> dict[str, Any]:
+        """The backend-specific keys the manifest set (passed to the backend's constructor)."""
+        keys = ("precision", "channels_last", "compile")
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
 
 @dataclass(frozen=True)
@@ -379,8 +387,21 @@ def parse_manifest(data: Mapping[str, Any], base: Path, source: Path | None = No
             r.fail(r.key(key), f"expected an integer >= {minimum}, got {v}")
             v = default
         ints[key] = v
+    precision = r.get("precision", str, "fp32, fp16 or bf16")
+    precision = r.check(
+        "precision", precision, lambda v: v in ("fp32", "fp16", "bf16"), "expected one of fp32, fp16, bf16", None
+    )
+    channels_last = r.get("channels_last", bool, "true or false")
+    compile_ = r.get("compile", bool, "true or false")
+    if backend != "torch" and not plugin:
+        for key, value in (("precision", precision), ("channels_last", channels_last), ("compile", compile_)):
+            if value is not None:
+                r.fail(f"runtime.{key}", f"only the torch backend uses this key (backend is {backend!r})")
     r.finish(
         (
+            "precision",
+            "channels_last",
+            "compile",
             "backend",
             "devices",
             "batch_size",
@@ -391,7 +412,14 @@ def parse_manifest(data: Mapping[str, Any], base: Path, source: Path | None = No
             "max_retries",
         )
     )
-    runtime = RuntimeConfig(backend=backend, devices=tuple(devices), **ints)
+    runtime = RuntimeConfig(
+        backend=backend,
+        devices=tuple(devices),
+        precision=precision,
+        channels_last=channels_last,
+        compile=compile_,
+        **ints,
+    )
 
     if not plugin and model.format is not None and model.path is not None and model.format not in BACKENDS[backend][3]:
         errors.append(

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import importlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -88,8 +89,9 @@ def is_plugin(name: str) -> bool:
     return ":" in name
 
 
-def get_backend(name: str) -> Backend:
-    """Import and instantiate the backend ``name`` (only now: heavy runtimes stay unimported).
+def get_backend(name: str, options: Mapping[str, Any] | None = None) -> Backend:
+    """Import and instantiate the backend ``name`` (only now: heavy runtimes stay unimported);
+    ``options`` (backend-specific manifest keys that were set) go to its constructor.
 
     ``name`` is a built-in backend or a plugin ``package.module:ClassName`` whose class implements
     the protocol above."""
@@ -103,8 +105,8 @@ def get_backend(name: str) -> Backend:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise StartupError(f"backend {name!r} is not available: {exc}") from exc
-    try:
-        backend: Backend = getattr(module, cls_name)()
-    except AttributeError:
-        raise StartupError(f"backend {name!r}: {module_name} has no class {cls_name}") from None
+    cls = getattr(module, cls_name, None)
+    if cls is None:
+        raise StartupError(f"backend {name!r}: {module_name} has no class {cls_name}")
+    backend: Backend = cls(options) if options else cls()
     return backend

@@ -13,6 +13,8 @@ from .spec import ModelSpec, imagenet_labels, load_labels
 # the default model's preprocessing: resize 256 (224/0.875) bilinear, crop 224, (x-127)/128
 LITE0_PREPROCESS = Preprocess(size=224, resize=256, mean=(127.0,) * 3, std=(128.0,) * 3)
 
+TORCHVISION_PREPROCESS = Preprocess(size=224, resize=256, mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375))
+
 
 def file_identity(path: Path, chunk: int = 1 << 20) -> str:
     """sha256 of a file's content, first 16 hex digits."""
@@ -42,7 +44,11 @@ def resolve_model(cfg: ModelConfig, backend: str, *, build: bool = True) -> Mode
     if cfg.path is None:
         return _builtin(cfg, backend, build)
     labels = _labels(cfg, None)
-    pp = _preprocess(cfg, Preprocess(std=(1.0, 1.0, 1.0), mean=(0.0, 0.0, 0.0)))
+    if cfg.arch and cfg.arch != "efficientnet_lite0":
+        default = TORCHVISION_PREPROCESS  # torchvision weights expect ImageNet mean/std
+    else:
+        default = Preprocess(std=(1.0, 1.0, 1.0), mean=(0.0, 0.0, 0.0))
+    pp = _preprocess(cfg, default)
     return ModelSpec(
         name=cfg.name or cfg.path.stem,
         path=cfg.path,

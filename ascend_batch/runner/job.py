@@ -105,6 +105,7 @@ def run_job(
             max_pixels=manifest.dataset.max_pixels,
             max_member_bytes=manifest.dataset.max_member_bytes,
             decode_timeout=manifest.dataset.decode_timeout,
+            backend_options=rt.backend_options(),
         )
         total = sum(u.size for u in mine)
         already = total - sum(u.size for u in todo)

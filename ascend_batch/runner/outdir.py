@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import IncompatibleOutputError
+from ..incremental import skip_existing
 from ..manifest import Manifest
 from ..models.spec import ModelSpec
 from ..plan import LISTING_FILE, Snapshot, fsync_dir, read_snapshot, write_snapshot
@@ -133,7 +134,11 @@ def prepare(manifest: Manifest, model: ModelSpec, out: Path) -> JobInfo:
         snapshot = (
             read_snapshot(listing)
             if listing.exists()
-            else write_snapshot(list_items(manifest.dataset), listing, manifest.runtime.unit_size)
+            else write_snapshot(
+                skip_existing(list_items(manifest.dataset), manifest.dataset.skip_existing, own=out),
+                listing,
+                manifest.runtime.unit_size,
+            )
         )
         meta = {
             "version": __version__,

@@ -55,6 +55,7 @@ class WorkerConfig:
     max_pixels: int
     max_member_bytes: int
     decode_timeout: float
+    backend_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,7 @@ def worker_main(cfg: WorkerConfig, conn: Connection) -> None:
     session: Session | None = None
     try:
         try:
-            session = get_backend(cfg.backend).open(
+            session = get_backend(cfg.backend, cfg.backend_options).open(
                 cfg.device, cfg.model, batch_size=cfg.batch_size, threads=cfg.threads
             )
         except AscendBatchError as exc:

@@ -1,0 +1,421 @@
+"""JPEG decode on the GPU for the torch backend on CUDA: torchvision's batched ``decode_jpeg`` (nvJPEG),
+then resize / centre crop / normalise on the GPU, with a per-batch CPU fallback.
+
+What the measurements in ``notes/gpu-decode.md`` ask for, and where it is done here:
+
+* bounded batches: at most ``max_batch`` images and ``max_batch_pixels`` pixels per decoder call;
+* a CPU fallback: files the GPU decoder should not see (progressive, arithmetic or lossless JPEGs,
+  CMYK/YCCK or Adobe-RGB JPEGs, 12-bit, EXIF-rotated, truncated, PNG and every other format) are sniffed
+  from their headers (:func:`sniff_jpeg`) and go through the CPU path (``preprocess.decode``) unchanged;
+  a chunk the GPU decoder refuses goes to the CPU path as a whole;
+* the GPU decoder is untrusted: after its first failure it is switched off for the rest of the process
+  (``disabled`` says why), and if the failure left the CUDA context broken, :class:`GpuDecodeFatal` is
+  raised so the worker exits and the supervisor replaces it (never retried in the same process).
+
+The geometry and rounding copy ``preprocess._resize_crop``: short side to ``pp.resize`` (Python
+``round``), centre crop ``pp.size``, 8-bit rounding after the resize, then ``(x - mean) / std``. Bilinear
+and bicubic use ``antialias=True``, torch's port of Pillow's filters; ``nearest`` uses ``nearest-exact``;
+``lanczos`` has no GPU equivalent (:func:`supports` is false). Large JPEGs differ slightly from the CPU
+path, which decodes them at reduced DCT scale (Pillow ``draft``); top-5 agrees on ordinary images.
+
+Imports torch (and torchvision lazily); only the torch backend imports this module.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import contextlib
+import struct
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import BackendError, ImageError
+from ..preprocess import DEFAULT_MAX_PIXELS, Decoded, Preprocess, decode
+
+CpuDecode = Callable[[list[bytes]], list["Decoded | ImageError"]]
+K = TypeVar("K")
+DecodeFn = Callable[[list[torch.Tensor], torch.device], list[torch.Tensor]]
+
+_SOF_SEQUENTIAL = (0xC0, 0xC1)  # baseline and extended sequential, Huffman: what nvJPEG takes
+_SOF_OTHER = (0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF)
+_INTERPOLATION = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest-exact"}
+GPU_MAX_PIXELS = 50_000_000  # larger JPEGs decode faster on the CPU at reduced DCT scale anyway
+
+
+class GpuDecodeFatal(BackendError):
+    """The GPU decoder broke the process's CUDA context: the worker must be replaced."""
+
+
+# --------------------------------------------------------------------------- headers
+
+
+@dataclass(frozen=True)
+class JpegInfo:
+    width: int
+    height: int
+    components: int
+    precision: int
+    sof: int  # the SOFn marker byte (0xC0 baseline, 0xC2 progressive, ...)
+    orientation: int = 1  # EXIF orientation (1 = as stored)
+    adobe_transform: int | None = None  # Adobe APP14 colour transform, when present
+    complete: bool = True  # ends with the EOI marker
+
+
+def sniff_jpeg(data: bytes) -> JpegInfo | None:
+    """The frame header of a JPEG (and its EXIF orientation), read without decoding; ``None`` when
+    ``data`` is not a JPEG or its headers are damaged."""
+    if len(data) < 4 or data[:2] != b"\xff\xd8":
+        return None
+    i, n = 2, len(data)
+    orientation, adobe, sof = 1, None, None
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        while i < n and data[i] == 0xFF:  # fill bytes
+            i += 1
+        if i >= n:
+            return None
+        marker = data[i]
+        i += 1
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # no length field
+            continue
+        if marker == 0xD9 or i + 2 > n:
+            break
+        (length,) = struct.unpack(">H", data[i : i + 2])
+        if length < 2 or i + length > n:
+            return None
+        payload = data[i + 2 : i + length]
+        if marker == 0xE1 and payload.startswith(b"Exif\x00\x00"):
+            orientation = _exif_orientation(payload[6:])
+        elif marker == 0xEE and payload.startswith(b"Adobe") and len(payload) >= 12:
+            adobe = payload[11]
+        elif (marker in _SOF_SEQUENTIAL or marker in _SOF_OTHER) and len(payload) >= 6:
+            precision, height, width, components = struct.unpack(">BHHB", payload[:6])
+            sof = (marker, precision, width, height, components)
+        elif marker == 0xDA:  # start of scan: the headers are over
+            break
+        i += length
+    if sof is None:
+        return None
+    marker, precision, width, height, components = sof
+    complete = data.rstrip(b"\x00")[-2:] == b"\xff\xd9"
+    return JpegInfo(width, height, components, precision, marker, orientation, adobe, complete)
+
+
+def _exif_orientation(tiff: bytes) -> int:
+    """The orientation tag (0x0112) of IFD0 in an EXIF TIFF block; 1 when absent or unreadable."""
+    if len(tiff) < 8 or tiff[:2] not in (b"II", b"MM"):
+        return 1
+    endian = "<" if tiff[:2] == b"II" else ">"
+    try:
+        (ifd,) = struct.unpack(endian + "I", tiff[4:8])
+        (count,) = struct.unpack(endian + "H", tiff[ifd : ifd + 2])
+        for k in range(count):
+            entry = tiff[ifd + 2 + 12 * k : ifd + 14 + 12 * k]
+            tag, typ, _, value = struct.unpack(endian + "HHI4s", entry)
+            if tag == 0x0112 and typ == 3:
+                (orient,) = struct.unpack(endian + "H", value[:2])
+                return int(orient) if 1 <= orient <= 8 else 1
+    except struct.error:
+        return 1
+    return 1
+
+
+def gpu_refusal(info: JpegInfo | None, max_pixels: int, gpu_max_pixels: int = GPU_MAX_PIXELS) -> str | None:
+    """Why an image must take the CPU path, or ``None`` when the GPU decoder may have it."""
+    if info is None:
+        return "not a JPEG"
+    if info.sof not in _SOF_SEQUENTIAL:
+        return "progressive/lossless/arithmetic JPEG"
+    if info.precision != 8:
+        return f"{info.precision}-bit JPEG"
+    if info.components not in (1, 3):
+        return f"{info.components}-component JPEG (CMYK/YCCK)"
+    if info.components == 3 and info.adobe_transform == 0:
+        return "Adobe RGB-coded JPEG"
+    if info.orientation != 1:
+        return "EXIF-rotated"
+    if not info.complete:
+        return "truncated"
+    pixels = info.width * info.height
+    if pixels == 0 or pixels > min(max_pixels, gpu_max_pixels):
+        return "size"
+    return None
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+
+def supports(pp: Preprocess) -> bool:
+    """Whether the GPU path can reproduce ``pp`` (every interpolation except lanczos)."""
+    return pp.interpolation in _INTERPOLATION
+
+
+def geometry(width: int, height: int, pp: Preprocess) -> tuple[int, int, int, int]:
+    """``(new_w, new_h, left, top)``: the resize and centre crop of ``preprocess._resize_crop``."""
+    short = min(width, height)
+    new_w = max(pp.size, round(width * pp.resize / short))
+    new_h = max(pp.size, round(height * pp.resize / short))
+    return new_w, new_h, (new_w - pp.size) // 2, (new_h - pp.size) // 2
+
+
+def resize_crop_normalise(
+    img: torch.Tensor, pp: Preprocess, mean_std: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> torch.Tensor:
+    """uint8 ``(C, H, W)`` RGB (C = 3, or 1 for grey) on any device -> one sample in ``pp``'s layout and
+    dtype, as the CPU path makes it. ``mean_std``: ``(3, 1, 1)`` float32 tensors on the image's device
+    (made per call when not given)."""
+    _, h, w = img.shape
+    new_w, new_h, left, top = geometry(w, h, pp)
+    x = img.unsqueeze(0)
+    if (new_w, new_h) != (w, h):
+        mode = _INTERPOLATION[pp.interpolation]
+        kwargs: dict[str, Any] = {"antialias": True, "align_corners": False} if mode != "nearest-exact" else {}
+        x = F.interpolate(x.float(), size=(new_h, new_w), mode=mode, **kwargs).round_().clamp_(0, 255)
+    x = x[0, :, top : top + pp.size, left : left + pp.size]
+    if x.shape[0] == 1:
+        x = x.expand(3, -1, -1)
+    if pp.dtype == "uint8":
+        out = x.to(torch.uint8)
+    else:
+        mean, std = mean_std if mean_std is not None else _mean_std(pp, x.device)
+        out = (x.float() - mean) / std
+        if pp.dtype == "float16":
+            out = out.half()
+    if pp.layout == "NHWC":
+        out = out.permute(1, 2, 0)
+    return out.contiguous()
+
+
+def _mean_std(pp: Preprocess, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    mean = torch.tensor(pp.mean, dtype=torch.float32).view(3, 1, 1).to(device)
+    std = torch.tensor(pp.std, dtype=torch.float32).view(3, 1, 1).to(device)
+    return mean, std
+
+
+# --------------------------------------------------------------------------- decoder
+
+
+def available() -> bool:
+    """True when CUDA is usable and torchvision's ``decode_jpeg`` can be imported."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        from torchvision.io import decode_jpeg  # noqa: F401
+    except (ImportError, OSError, RuntimeError):
+        return False
+    return True
+
+
+def _torchvision_decode(datas: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    out = decode_jpeg(datas, mode=ImageReadMode.RGB, device=device)
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+def cpu_decoder(pp: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS) -> CpuDecode:
+    """The plain CPU path as a batch function (sequential; the worker may pass its thread pool's)."""
+
+    def run(datas: list[bytes]) -> list[Decoded | ImageError]:
+        out: list[Decoded | ImageError] = []
+        for data in datas:
+            try:
+                out.append(decode(data, pp, max_pixels))
+            except ImageError as exc:
+                out.append(exc)
+        return out
+
+    return run
+
+
+@dataclass
+class GpuBatch:
+    """One decoded batch. ``tensor`` holds one row per image that decoded (GPU or CPU), in input order,
+    already on the device in ``pp``'s layout and dtype; ``rows[k]`` is the input position of row ``k``;
+    ``results[i]`` is ``(width, height)`` of input ``i`` or its :class:`ImageError`. ``ready`` is an event
+    on the decoder's stream: consumers on another stream wait for it (``TorchSession.submit_tensor``)."""
+
+    tensor: torch.Tensor
+    rows: list[int]
+    results: list[tuple[int, int] | ImageError]
+    ready: Any = None
+    gpu: int = 0
+    cpu: int = 0
+
+
+@dataclass
+class DecoderStats:
+    gpu_images: int = 0
+    cpu_images: int = 0
+    gpu_failures: int = 0
+    cpu_reasons: dict[str, int] = field(default_factory=dict)
+
+
+class GpuJpegDecoder:
+    """Bytes of up to a batch of images -> a :class:`GpuBatch` on ``device``.
+
+    ``decode_fn`` (tests) replaces torchvision's ``decode_jpeg``; with a CPU ``device`` the whole
+    pipeline runs without CUDA, streams and events, which is how its logic is tested here.
+    """
+
+    def __init__(
+        self,
+        pp: Preprocess,
+        device: torch.device,
+        *,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_batch: int = 64,
+        max_batch_pixels: int = 256_000_000,
+        gpu_max_pixels: int = GPU_MAX_PIXELS,
+        decode_fn: DecodeFn | None = None,
+    ) -> None:
+        if not supports(pp):
+            raise ValueError(f"GPU preprocessing has no {pp.interpolation!r} interpolation")
+        self.pp = pp
+        self.device = device
+        self.max_pixels = max_pixels
+        self.max_batch = max(1, max_batch)
+        self.max_batch_pixels = max_batch_pixels
+        self.gpu_max_pixels = gpu_max_pixels
+        self._decode_fn: DecodeFn = decode_fn or _torchvision_decode
+        self._cuda = device.type == "cuda"
+        self.stream: Any = torch.cuda.Stream(device) if self._cuda else None
+        self.disabled: str | None = None  # why the GPU decoder is off for the rest of the process
+        self.stats = DecoderStats()
+        self._dtype = torch.from_numpy(np.empty(0, dtype=pp.numpy_dtype)).dtype
+        self._mean_std = _mean_std(pp, device)
+
+    def _stream(self) -> contextlib.AbstractContextManager[Any]:
+        return torch.cuda.stream(self.stream) if self._cuda else contextlib.nullcontext()
+
+    def decode(self, datas: Sequence[bytes], cpu_decode: CpuDecode | None = None) -> GpuBatch:
+        """Decode and preprocess ``datas``; every input ends as a row of the tensor or an error."""
+        cpu_decode = cpu_decode or cpu_decoder(self.pp, self.max_pixels)
+        n = len(datas)
+        results: list[tuple[int, int] | ImageError | None] = [None] * n
+        samples: dict[int, torch.Tensor] = {}
+        gpu_idx, cpu_idx = self._route(datas)
+        with self._stream():
+            for chunk in self._chunks(datas, gpu_idx):
+                decoded = self._gpu_chunk(datas, chunk)
+                if decoded is None:
+                    cpu_idx.extend(chunk)
+                    continue
+                for pos, img in zip(chunk, decoded, strict=True):
+                    samples[pos] = resize_crop_normalise(img, self.pp, self._mean_std)
+                    results[pos] = (int(img.shape[-1]), int(img.shape[-2]))
+            gpu_count = len(samples)
+            cpu_idx.sort()
+            if cpu_idx:
+                fallback = cpu_decode([datas[i] for i in cpu_idx])
+                ok: list[tuple[int, Decoded]] = []
+                for pos, res in zip(cpu_idx, fallback, strict=True):
+                    if isinstance(res, ImageError):
+                        results[pos] = res
+                    else:
+                        results[pos] = (res.width, res.height)
+                        ok.append((pos, res))
+                if ok:
+                    host = torch.from_numpy(np.stack([d.array for _, d in ok]))
+                    if self._cuda:
+                        host = host.pin_memory()
+                    dev = host.to(self.device, non_blocking=True)
+                    for k, (pos, _) in enumerate(ok):
+                        samples[pos] = dev[k]
+            rows = sorted(samples)
+            shape = self.pp.input_shape(len(rows))
+            tensor = torch.empty(shape, dtype=self._dtype, device=self.device)
+            for k, pos in enumerate(rows):
+                tensor[k].copy_(samples[pos])
+            ready = None
+            if self._cuda:
+                ready = torch.cuda.Event()
+                ready.record(self.stream)
+        self.stats.gpu_images += gpu_count
+        self.stats.cpu_images += len(rows) - gpu_count
+        final = [r if r is not None else ImageError("decode", "no result") for r in results]
+        return GpuBatch(tensor, rows, final, ready, gpu=gpu_count, cpu=len(rows) - gpu_count)
+
+    def _route(self, datas: Sequence[bytes]) -> tuple[list[int], list[int]]:
+        gpu_idx: list[int] = []
+        cpu_idx: list[int] = []
+        for i, data in enumerate(datas):
+            reason = self.disabled or gpu_refusal(sniff_jpeg(data), self.max_pixels, self.gpu_max_pixels)
+            if reason is None:
+                gpu_idx.append(i)
+            else:
+                cpu_idx.append(i)
+                key = "gpu decoder disabled" if self.disabled else reason
+                self.stats.cpu_reasons[key] = self.stats.cpu_reasons.get(key, 0) + 1
+        return gpu_idx, cpu_idx
+
+    def _chunks(self, datas: Sequence[bytes], idx: list[int]) -> Iterator[list[int]]:
+        """``idx`` in bounded chunks: at most ``max_batch`` images and ``max_batch_pixels`` pixels."""
+        chunk: list[int] = []
+        pixels = 0
+        for i in idx:
+            info = sniff_jpeg(datas[i])
+            p = info.width * info.height if info else 0
+            if chunk and (len(chunk) >= self.max_batch or pixels + p > self.max_batch_pixels):
+                yield chunk
+                chunk, pixels = [], 0
+            chunk.append(i)
+            pixels += p
+        if chunk:
+            yield chunk
+
+    def _gpu_chunk(self, datas: Sequence[bytes], chunk: list[int]) -> list[torch.Tensor] | None:
+        """The decoded images of ``chunk``, or ``None`` when the GPU decoder refused it (the caller sends
+        the chunk to the CPU). Raises :class:`GpuDecodeFatal` when the CUDA context is broken."""
+        if self.disabled:
+            return None
+        encoded = [torch.frombuffer(bytearray(datas[i]), dtype=torch.uint8) for i in chunk]
+        try:
+            images = self._decode_fn(encoded, self.device)
+            if len(images) != len(chunk):
+                raise RuntimeError(f"decoder returned {len(images)} images for {len(chunk)} inputs")
+            return images
+        except RuntimeError as exc:
+            self.stats.gpu_failures += 1
+            self.disabled = f"GPU JPEG decoder failed ({str(exc).strip().splitlines()[0] if str(exc) else exc!r})"
+            self._check_context(exc)
+            return None
+
+    def _check_context(self, cause: BaseException) -> None:
+        if not self._cuda:
+            return
+        try:
+            torch.cuda.synchronize(self.device)
+        except RuntimeError as exc:
+            raise GpuDecodeFatal(
+                f"device {self.device}: the GPU JPEG decoder broke the CUDA context ({cause}; then {exc}); "
+                "the worker must be restarted"
+            ) from exc
+
+
+def prefetched(
+    decoder: GpuJpegDecoder,
+    batches: Iterable[tuple[K, Sequence[bytes]]],
+    cpu_decode: CpuDecode | None = None,
+    depth: int = 1,
+) -> Iterator[tuple[K, GpuBatch]]:
+    """``(key, decoder.decode(datas))`` for each ``(key, datas)`` of ``batches``, decoding ``depth``
+    batches ahead in a helper thread so the decode of batch k+1 overlaps the inference of batch k. The key
+    (e.g. the listing positions of the batch) travels with its batch; order is kept."""
+    with cf.ThreadPoolExecutor(1, thread_name_prefix="gpu-decode") as pool:
+        pending: collections.deque[tuple[K, cf.Future[GpuBatch]]] = collections.deque()
+        for key, datas in batches:
+            pending.append((key, pool.submit(decoder.decode, datas, cpu_decode)))
+            if len(pending) > depth:
+                k, fut = pending.popleft()
+                yield k, fut.result()
+        while pending:
+            k, fut = pending.popleft()
+            yield k, fut.result()
