@@ -47,7 +47,8 @@ class _Worker:
     conn: Connection
     ready: bool = False
     task: Task | None = None
-    stopping: bool = False
+    stopping: bool = False  # being shut down: not replaced
+    retired: bool = False  # reported a failure and is exiting: no new tasks, replaced when reaped
 
 
 @dataclass
@@ -128,7 +129,7 @@ class Supervisor:
         if self.stop_mode is not None:
             return
         for w in self.workers:
-            if w.ready and w.task is None and not w.stopping and self.queue:
+            if w.ready and w.task is None and not w.stopping and not w.retired and self.queue:
                 w.task = self.queue.popleft()
                 with contextlib.suppress(BrokenPipeError, OSError):
                     w.conn.send(w.task)  # if it died, its sentinel fires and the task is requeued
@@ -148,6 +149,7 @@ class Supervisor:
         elif kind == "failed":
             task = w.task
             w.task = None
+            w.retired = True  # it exits after reporting; never hand it another task
             if task is not None:
                 self._task_failed(task, msg[2], str(w.device))
         elif kind == "fatal":

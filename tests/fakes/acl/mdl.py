@@ -1,0 +1,469 @@
+"""``acl.mdl``: models, descriptions, datasets, execution. An ``.om`` here is an ONNX file run by
+onnxruntime. A fixed ONNX batch dim makes a static-batch model; a symbolic one needs a sidecar
+``<model>.om.json`` such as ``{"dynamic_batch": [1, 2, 4, 8]}`` (the ATC ``--dynamic_batch_size``
+gears), and then the model gets the extra ``ascend_mbatch_shape_data`` input ATC appends.
+Optional sidecar key: ``"input_format": "NCHW" | "NHWC" | "ND"``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ._state import (
+    ACL_ERROR_INVALID_MODEL_ID,
+    ACL_ERROR_INVALID_PARAM,
+    ACL_ERROR_MODEL_INPUT_NOT_MATCH,
+    ACL_ERROR_MODEL_NOT_DYNAMIC,
+    ACL_ERROR_MODEL_OUTPUT_NOT_MATCH,
+    ACL_ERROR_PARSE_MODEL,
+    ACL_ERROR_READ_MODEL_FAILURE,
+    ACL_ERROR_RT_INVALID_HANDLE,
+    ACL_ERROR_RT_MODEL_CONTEXT,
+    ACL_ERROR_RT_MODEL_EXECUTE,
+    ACL_ERROR_RT_PARAM_INVALID,
+    ACL_ERROR_RT_STREAM_CONTEXT,
+    ACL_FLOAT,
+    ACL_FLOAT16,
+    ACL_FORMAT_NCHW,
+    ACL_FORMAT_ND,
+    ACL_FORMAT_NHWC,
+    ACL_INT8,
+    ACL_INT32,
+    ACL_INT64,
+    ACL_SUCCESS,
+    ACL_UINT8,
+    HANDLE_BASE,
+    NP_OF_ACL,
+    STATE,
+    DataBuffer,
+    Dataset,
+    Desc,
+    DevMem,
+    Fail,
+    Model,
+    Tensor,
+    api,
+)
+
+DYNAMIC_BATCH_INPUT = "ascend_mbatch_shape_data"
+_ORT_TYPES = {
+    "tensor(float)": ACL_FLOAT,
+    "tensor(float16)": ACL_FLOAT16,
+    "tensor(int8)": ACL_INT8,
+    "tensor(uint8)": ACL_UINT8,
+    "tensor(int32)": ACL_INT32,
+    "tensor(int64)": ACL_INT64,
+}
+_FORMATS = {"NCHW": ACL_FORMAT_NCHW, "NHWC": ACL_FORMAT_NHWC, "ND": ACL_FORMAT_ND}
+
+__all__ = [
+    "add_dataset_buffer",
+    "create_dataset",
+    "create_desc",
+    "destroy_dataset",
+    "destroy_desc",
+    "execute",
+    "execute_async",
+    "get_dataset_buffer",
+    "get_dataset_num_buffers",
+    "get_desc",
+    "get_dynamic_batch",
+    "get_input_data_type",
+    "get_input_dims",
+    "get_input_format",
+    "get_input_index_by_name",
+    "get_input_name_by_index",
+    "get_input_size_by_index",
+    "get_num_inputs",
+    "get_num_outputs",
+    "get_output_data_type",
+    "get_output_dims",
+    "get_output_format",
+    "get_output_name_by_index",
+    "get_output_size_by_index",
+    "load_from_file",
+    "set_dynamic_batch_size",
+    "unload",
+]
+
+
+# --- loading -------------------------------------------------------------------------------
+def _guess_format(dims: list[int]) -> int:
+    if len(dims) == 4 and dims[1] in (1, 3):
+        return ACL_FORMAT_NCHW
+    if len(dims) == 4 and dims[3] in (1, 3):
+        return ACL_FORMAT_NHWC
+    return ACL_FORMAT_ND
+
+
+def _tensor(name: str, shape: list[Any], ort_type: str, batch: int, dynamic: bool, fmt: int | None) -> Tensor:
+    if ort_type not in _ORT_TYPES:
+        raise Fail(ACL_ERROR_PARSE_MODEL, f"tensor {name}: unsupported type {ort_type}")
+    rest = shape[1:]
+    if not shape or not all(isinstance(d, int) and d > 0 for d in rest):
+        raise Fail(ACL_ERROR_PARSE_MODEL, f"tensor {name}: only the batch dim may be symbolic, got {shape}")
+    dtype = _ORT_TYPES[ort_type]
+    dims = [-1 if dynamic else batch, *rest]
+    size = batch * math.prod(rest) * NP_OF_ACL[dtype].itemsize
+    return Tensor(name, dims, dtype, fmt if fmt is not None else _guess_format([batch, *rest]), size)
+
+
+def _load(path: str, device: int) -> Model:
+    if not os.path.isfile(path):
+        raise Fail(ACL_ERROR_READ_MODEL_FAILURE, f"cannot read model file {path}")
+    sidecar: dict[str, Any] = {}
+    if os.path.isfile(path + ".json"):
+        with open(path + ".json", encoding="utf-8") as f:
+            sidecar = json.load(f)
+    try:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(os.environ.get("ACL_FAKE_THREADS", "1"))
+        opts.inter_op_num_threads = 1
+        session = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise Fail(ACL_ERROR_PARSE_MODEL, f"not a loadable model: {exc}") from None
+    ort_in = session.get_inputs()
+    first = ort_in[0].shape[0]
+    gears = sorted(int(g) for g in sidecar.get("dynamic_batch", []))
+    if gears and (isinstance(first, int) and first > 0):
+        raise Fail(ACL_ERROR_PARSE_MODEL, "dynamic_batch gears given for a model with a fixed batch dim")
+    if not gears and not (isinstance(first, int) and first > 0):
+        raise Fail(ACL_ERROR_PARSE_MODEL, f"batch dim is {first!r}: give gears in {os.path.basename(path)}.json")
+    dynamic = bool(gears)
+    batch = gears[-1] if dynamic else int(first)
+    fmt = _FORMATS.get(sidecar.get("input_format", ""))
+    inputs = [_tensor(i.name, list(i.shape), i.type, batch, dynamic, fmt) for i in ort_in]
+    outputs = [
+        _tensor(o.name, [batch, *list(o.shape)[1:]], o.type, batch, False, ACL_FORMAT_ND) for o in session.get_outputs()
+    ]
+    dyn_index = -1
+    if dynamic:
+        dyn_index = len(inputs)
+        inputs.append(Tensor(DYNAMIC_BATCH_INPUT, [1], ACL_INT64, ACL_FORMAT_ND, 8))
+    return Model(
+        next(STATE.model_ids),
+        device,
+        path,
+        session,
+        inputs,
+        outputs,
+        0 if dynamic else batch,
+        gears,
+        dyn_index,
+    )
+
+
+@api("mdl.load_from_file", "pair", empty=0)
+def load_from_file(model_path: str) -> tuple[int, int]:
+    ctx = STATE.require_context()
+    model = _load(str(model_path), ctx.device)
+    STATE.models[model.model_id] = model
+    return model.model_id, ACL_SUCCESS
+
+
+def _model(model_id: int) -> Model:
+    model = STATE.models.get(model_id)
+    if model is None:
+        raise Fail(ACL_ERROR_INVALID_MODEL_ID, f"model id {model_id!r} is not loaded")
+    return model
+
+
+@api("mdl.unload")
+def unload(model_id: int) -> int:
+    ctx = STATE.require_context()
+    model = _model(model_id)
+    if model.device != ctx.device:
+        raise Fail(ACL_ERROR_RT_MODEL_CONTEXT, f"model is on device {model.device}, current context on {ctx.device}")
+    del STATE.models[model_id]
+    return ACL_SUCCESS
+
+
+# --- description -----------------------------------------------------------------------------
+@api("mdl.create_desc", "handle")
+def create_desc() -> int:
+    STATE.require_init()
+    handle = STATE.new_handle(HANDLE_BASE)
+    STATE.descs[handle] = Desc(handle)
+    return handle
+
+
+@api("mdl.get_desc")
+def get_desc(model_desc: int, model_id: int) -> int:
+    STATE.require_init()
+    desc = STATE.descs.get(model_desc)
+    if desc is None:
+        raise Fail(ACL_ERROR_INVALID_PARAM, f"model_desc {model_desc!r} was not made by create_desc")
+    desc.model = _model(model_id)
+    return ACL_SUCCESS
+
+
+@api("mdl.destroy_desc")
+def destroy_desc(model_desc: int) -> int:
+    STATE.require_init()
+    if model_desc not in STATE.descs:
+        raise Fail(ACL_ERROR_INVALID_PARAM, f"model_desc {model_desc!r} is not live")
+    del STATE.descs[model_desc]
+    return ACL_SUCCESS
+
+
+def _described(model_desc: int) -> Model:
+    desc = STATE.descs.get(model_desc)
+    if desc is None or desc.model is None:
+        raise Fail(ACL_ERROR_INVALID_PARAM, f"model_desc {model_desc!r} is not live or not filled by get_desc")
+    return desc.model
+
+
+def _tensor_at(tensors: list[Tensor], index: int) -> Tensor:
+    if not isinstance(index, int) or not 0 <= index < len(tensors):
+        raise Fail(ACL_ERROR_INVALID_PARAM, f"index {index!r} out of range 0..{len(tensors) - 1}")
+    return tensors[index]
+
+
+def _dims(t: Tensor) -> dict[str, Any]:
+    return {"name": t.name, "dimCount": len(t.dims), "dims": list(t.dims)}
+
+
+def _no_dims() -> dict[str, Any]:
+    return {"name": "", "dimCount": 0, "dims": []}
+
+
+@api("mdl.get_num_inputs", "value", empty=0)
+def get_num_inputs(model_desc: int) -> int:
+    return len(_described(model_desc).inputs)
+
+
+@api("mdl.get_num_outputs", "value", empty=0)
+def get_num_outputs(model_desc: int) -> int:
+    return len(_described(model_desc).outputs)
+
+
+@api("mdl.get_input_size_by_index", "value", empty=0)
+def get_input_size_by_index(model_desc: int, index: int) -> int:
+    return _tensor_at(_described(model_desc).inputs, index).size
+
+
+@api("mdl.get_output_size_by_index", "value", empty=0)
+def get_output_size_by_index(model_desc: int, index: int) -> int:
+    return _tensor_at(_described(model_desc).outputs, index).size
+
+
+@api("mdl.get_input_dims", "pair", empty=_no_dims)
+def get_input_dims(model_desc: int, index: int) -> tuple[dict[str, Any], int]:
+    return _dims(_tensor_at(_described(model_desc).inputs, index)), ACL_SUCCESS
+
+
+@api("mdl.get_output_dims", "pair", empty=_no_dims)
+def get_output_dims(model_desc: int, index: int) -> tuple[dict[str, Any], int]:
+    return _dims(_tensor_at(_described(model_desc).outputs, index)), ACL_SUCCESS
+
+
+@api("mdl.get_input_data_type", "value", empty=-1)
+def get_input_data_type(model_desc: int, index: int) -> int:
+    return _tensor_at(_described(model_desc).inputs, index).dtype
+
+
+@api("mdl.get_output_data_type", "value", empty=-1)
+def get_output_data_type(model_desc: int, index: int) -> int:
+    return _tensor_at(_described(model_desc).outputs, index).dtype
+
+
+@api("mdl.get_input_format", "value", empty=-1)
+def get_input_format(model_desc: int, index: int) -> int:
+    return _tensor_at(_described(model_desc).inputs, index).fmt
+
+
+@api("mdl.get_output_format", "value", empty=-1)
+def get_output_format(model_desc: int, index: int) -> int:
+    return _tensor_at(_described(model_desc).outputs, index).fmt
+
+
+@api("mdl.get_input_name_by_index", "value", empty="")
+def get_input_name_by_index(model_desc: int, index: int) -> str:
+    return _tensor_at(_described(model_desc).inputs, index).name
+
+
+@api("mdl.get_output_name_by_index", "value", empty="")
+def get_output_name_by_index(model_desc: int, index: int) -> str:
+    return _tensor_at(_described(model_desc).outputs, index).name
+
+
+@api("mdl.get_input_index_by_name", "pair", empty=0)
+def get_input_index_by_name(model_desc: int, name: str) -> tuple[int, int]:
+    for i, t in enumerate(_described(model_desc).inputs):
+        if t.name == name:
+            return i, ACL_SUCCESS
+    raise Fail(ACL_ERROR_INVALID_PARAM, f"no input named {name!r}", misuse=False)
+
+
+@api("mdl.get_dynamic_batch", "pair", empty=lambda: {"batchCount": 0, "batch": []})
+def get_dynamic_batch(model_desc: int) -> tuple[dict[str, Any], int]:
+    gears = _described(model_desc).gears
+    return {"batchCount": len(gears), "batch": list(gears)}, ACL_SUCCESS
+
+
+# --- datasets ------------------------------------------------------------------------------
+@api("mdl.create_dataset", "handle")
+def create_dataset() -> int:
+    STATE.require_init()
+    handle = STATE.new_handle(HANDLE_BASE)
+    STATE.datasets[handle] = Dataset(handle)
+    return handle
+
+
+def _dataset(dataset: int) -> Dataset:
+    ds = STATE.datasets.get(dataset)
+    if ds is None:
+        raise Fail(ACL_ERROR_INVALID_PARAM, f"dataset {dataset!r} is not live")
+    return ds
+
+
+@api("mdl.add_dataset_buffer", "pair", empty=0)
+def add_dataset_buffer(dataset: int, data_buffer: int) -> tuple[int, int]:
+    STATE.require_init()
+    ds = _dataset(dataset)
+    if data_buffer not in STATE.buffers:
+        raise Fail(ACL_ERROR_INVALID_PARAM, f"data buffer {data_buffer!r} is not live")
+    ds.buffers.append(data_buffer)
+    return dataset, ACL_SUCCESS
+
+
+@api("mdl.get_dataset_num_buffers", "value", empty=0)
+def get_dataset_num_buffers(dataset: int) -> int:
+    return len(_dataset(dataset).buffers)
+
+
+@api("mdl.get_dataset_buffer", "value", empty=0)
+def get_dataset_buffer(dataset: int, index: int) -> int:
+    ds = _dataset(dataset)
+    if not 0 <= index < len(ds.buffers):
+        raise Fail(ACL_ERROR_INVALID_PARAM, f"index {index!r} out of range")
+    return ds.buffers[index]
+
+
+@api("mdl.destroy_dataset")
+def destroy_dataset(dataset: int) -> int:
+    STATE.require_init()
+    _dataset(dataset)
+    del STATE.datasets[dataset]
+    return ACL_SUCCESS
+
+
+# --- execution -----------------------------------------------------------------------------
+def _buffer_memory(handle: int, need: int, device: int, what: str, code: int) -> tuple[DevMem, int, DataBuffer]:
+    buf = STATE.buffers.get(handle)
+    if buf is None:
+        raise Fail(code, f"{what}: data buffer {handle!r} is not live")
+    if buf.size < need:
+        raise Fail(code, f"{what}: data buffer holds {buf.size} bytes, the model needs {need}")
+    found = STATE.device_region(buf.ptr, need)
+    if found is None:
+        raise Fail(ACL_ERROR_RT_PARAM_INVALID, f"{what}: data buffer points at freed or foreign memory")
+    mem, offset = found
+    if mem.device != device:
+        raise Fail(ACL_ERROR_RT_PARAM_INVALID, f"{what}: memory is on device {mem.device}, model on {device}")
+    return mem, offset, buf
+
+
+def _prepare(model_id: int, dataset_in: int, dataset_out: int) -> Callable[[], None]:
+    """Validate an execute call now (as ACL does) and return the work that runs the model."""
+    ctx = STATE.require_context()
+    model = _model(model_id)
+    if model.device != ctx.device:
+        raise Fail(ACL_ERROR_RT_MODEL_CONTEXT, f"model is on device {model.device}, current context on {ctx.device}")
+    ins, outs = _dataset(dataset_in), _dataset(dataset_out)
+    if len(ins.buffers) != len(model.inputs):
+        raise Fail(
+            ACL_ERROR_MODEL_INPUT_NOT_MATCH,
+            f"{len(ins.buffers)} input buffers, model has {len(model.inputs)}",
+        )
+    if len(outs.buffers) != len(model.outputs):
+        raise Fail(
+            ACL_ERROR_MODEL_OUTPUT_NOT_MATCH,
+            f"{len(outs.buffers)} output buffers, model has {len(model.outputs)}",
+        )
+    in_mem = [
+        _buffer_memory(h, t.size, model.device, f"input {i}", ACL_ERROR_MODEL_INPUT_NOT_MATCH)
+        for i, (h, t) in enumerate(zip(ins.buffers, model.inputs, strict=True))
+    ]
+    out_mem = [
+        _buffer_memory(h, t.size, model.device, f"output {i}", ACL_ERROR_MODEL_OUTPUT_NOT_MATCH)
+        for i, (h, t) in enumerate(zip(outs.buffers, model.outputs, strict=True))
+    ]
+
+    def run() -> None:
+        if model.gears:
+            mem, off, _ = in_mem[model.dyn_index]
+            batch = int(np.frombuffer(bytes(mem.data[off : off + 8]), dtype=np.int64)[0])
+            if batch not in model.gears:
+                raise Fail(
+                    ACL_ERROR_INVALID_PARAM,
+                    f"dynamic batch not set (read {batch}): call set_dynamic_batch_size",
+                )
+        else:
+            batch = model.batch
+        feeds = {}
+        for i, t in enumerate(model.inputs):
+            if i == model.dyn_index:
+                continue
+            dtype = NP_OF_ACL[t.dtype]
+            shape = [batch, *t.dims[1:]]
+            nbytes = math.prod(shape) * dtype.itemsize
+            mem, off, _ = in_mem[i]
+            feeds[t.name] = np.frombuffer(bytes(mem.data[off : off + nbytes]), dtype=dtype).reshape(shape)
+        STATE.executions.append((model.device, batch))
+        try:
+            results = model.session.run([t.name for t in model.outputs], feeds)
+        except Exception as exc:
+            raise Fail(ACL_ERROR_RT_MODEL_EXECUTE, f"model run failed: {exc}") from None
+        for (mem, off, _), t, value in zip(out_mem, model.outputs, results, strict=True):
+            data = np.ascontiguousarray(value, dtype=NP_OF_ACL[t.dtype]).tobytes()
+            mem.data[off : off + len(data)] = data
+
+    return run
+
+
+@api("mdl.execute")
+def execute(model_id: int, dataset_in: int, dataset_out: int) -> int:
+    _prepare(model_id, dataset_in, dataset_out)()
+    return ACL_SUCCESS
+
+
+@api("mdl.execute_async")
+def execute_async(model_id: int, dataset_in: int, dataset_out: int, stream: int) -> int:
+    ctx = STATE.require_context()
+    s = STATE.streams.get(stream)
+    if s is None:
+        raise Fail(ACL_ERROR_RT_INVALID_HANDLE, f"stream {stream!r} is not live")
+    if s.ctx != ctx.handle:
+        raise Fail(ACL_ERROR_RT_STREAM_CONTEXT, "stream belongs to another context than the current one")
+    s.pending.append(_prepare(model_id, dataset_in, dataset_out))  # runs at synchronize_stream
+    return ACL_SUCCESS
+
+
+@api("mdl.set_dynamic_batch_size")
+def set_dynamic_batch_size(model_id: int, dataset: int, index: int, batch_size: int) -> int:
+    ctx = STATE.require_context()
+    model = _model(model_id)
+    if not model.gears:
+        raise Fail(ACL_ERROR_MODEL_NOT_DYNAMIC, "the model has no dynamic batch gears")
+    if index != model.dyn_index:
+        raise Fail(
+            ACL_ERROR_INVALID_PARAM,
+            f"index {index} is not the {DYNAMIC_BATCH_INPUT} input ({model.dyn_index})",
+        )
+    ds = _dataset(dataset)
+    if len(ds.buffers) <= index:
+        raise Fail(ACL_ERROR_INVALID_PARAM, f"dataset has no buffer at index {index} for {DYNAMIC_BATCH_INPUT}")
+    if batch_size not in model.gears:
+        raise Fail(ACL_ERROR_INVALID_PARAM, f"batch {batch_size} is not one of the gears {model.gears}")
+    mem, off, _ = _buffer_memory(ds.buffers[index], 8, ctx.device, DYNAMIC_BATCH_INPUT, ACL_ERROR_INVALID_PARAM)
+    mem.data[off : off + 8] = np.int64(batch_size).tobytes()
+    return ACL_SUCCESS
