@@ -77,6 +77,7 @@ class OnnxSession:
 
 class OnnxBackend:
     name = "onnxruntime"
+    open_in_thread = True  # sessions are not bound to the opening thread
 
     def open(self, device: Device, model: ModelSpec, *, batch_size: int, threads: int) -> OnnxSession:
         return OnnxSession(device, model, batch_size=batch_size, threads=threads)

@@ -129,7 +129,8 @@ class Supervisor:
         if self.stop_mode is not None:
             return
         for w in self.workers:
-            if w.ready and w.task is None and not w.stopping and not w.retired and self.queue:
+            # a worker takes its first task before its model is loaded: it decodes while loading
+            if w.task is None and not w.stopping and not w.retired and self.queue:
                 w.task = self.queue.popleft()
                 with contextlib.suppress(BrokenPipeError, OSError):
                     w.conn.send(w.task)  # if it died, its sentinel fires and the task is requeued
@@ -249,7 +250,10 @@ class Supervisor:
         w.process.join(timeout=5)
         self.workers.remove(w)
         w.conn.close()
-        if w.task is not None:
+        if w.task is not None and not w.ready:
+            self.queue.appendleft(w.task)  # died before its session opened: not the unit's fault
+            w.task = None
+        elif w.task is not None:
             self._crashed(w)
         if not w.ready and self.startup_failures.get(w.device) is not None:
             failures = self.startup_failures[w.device]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import ctypes
+import itertools
 import os
 import signal
 import sys
@@ -144,36 +145,82 @@ def worker_main(cfg: WorkerConfig, conn: Connection) -> None:
     if hasattr(signal, "SIGUSR1"):
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
-    session: Session | None = None
+    opener = _SessionOpener(cfg)
     try:
-        try:
-            session = get_backend(cfg.backend, cfg.backend_options).open(
-                cfg.device, cfg.model, batch_size=cfg.batch_size, threads=cfg.threads
-            )
-        except AscendBatchError as exc:
-            conn.send(("fatal", str(exc)))
-            sys.exit(EXIT_WORKER_STARTUP)
-        except Exception as exc:
-            conn.send(("fatal", f"device {cfg.device}: {type(exc).__name__}: {exc}"))
-            sys.exit(EXIT_WORKER_STARTUP)
-        conn.send(("ready", session.max_batch))
-        _serve(cfg, conn, session, state)
+        _serve(cfg, conn, opener, state)
+    except _StartupFailed as exc:
+        conn.send(("fatal", str(exc)))
+        opener.close()
+        sys.exit(EXIT_WORKER_STARTUP)
     except _Abandon:
         pass
     except (EOFError, BrokenPipeError, ConnectionResetError):
         pass  # supervisor gone
     finally:
+        opener.close()
+
+
+class _StartupFailed(Exception):
+    """The backend session could not be opened (reported to the supervisor as "fatal")."""
+
+
+class _SessionOpener:
+    """Opens the backend session, in a thread where the backend allows it, so that loading the model
+    overlaps decoding the first unit. Sessions of backends whose contexts are bound to the opening
+    thread (pyACL) are opened synchronously on first use instead."""
+
+    def __init__(self, cfg: WorkerConfig) -> None:
+        self.cfg = cfg
+        self.session: Session | None = None
+        self.error: BaseException | None = None
+        self.announced = False
+        self._thread: threading.Thread | None = None
+        self._backend = None
+        try:
+            self._backend = get_backend(cfg.backend, cfg.backend_options)
+        except BaseException as exc:
+            self.error = exc
+            return
+        if getattr(self._backend, "open_in_thread", False):
+            self._thread = threading.Thread(target=self._open, name="open-session", daemon=True)
+            self._thread.start()
+
+    def _open(self) -> None:
+        assert self._backend is not None
+        try:
+            self.session = self._backend.open(
+                self.cfg.device, self.cfg.model, batch_size=self.cfg.batch_size, threads=self.cfg.threads
+            )
+        except BaseException as exc:
+            self.error = exc
+
+    def get(self) -> Session:
+        if self._thread is not None:
+            self._thread.join()
+        elif self.session is None and self.error is None:
+            self._open()
+        if self.error is not None:
+            exc = self.error
+            if isinstance(exc, AscendBatchError):
+                raise _StartupFailed(str(exc)) from exc
+            raise _StartupFailed(f"device {self.cfg.device}: {type(exc).__name__}: {exc}") from exc
+        assert self.session is not None
+        return self.session
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+        session, self.session = self.session, None
         if session is not None:
             try:
                 session.close()
             except Exception as exc:  # report, but never mask the original failure
                 print(
-                    f"ascend-batch worker {cfg.device}: error while releasing the session: {exc}",
-                    file=sys.stderr,
+                    f"ascend-batch worker {self.cfg.device}: error while releasing the session: {exc}", file=sys.stderr
                 )
 
 
-def _serve(cfg: WorkerConfig, conn: Connection, session: Session, state: _State) -> None:
+def _serve(cfg: WorkerConfig, conn: Connection, opener: _SessionOpener, state: _State) -> None:
     listing = pq.ParquetFile(cfg.listing)
     pool = _DecodePool(max(1, cfg.decode_workers))
     try:
@@ -187,9 +234,9 @@ def _serve(cfg: WorkerConfig, conn: Connection, session: Session, state: _State)
                 if task is None:
                     return
                 try:
-                    stats = run_task(cfg, session, listing, reader, pool, task, conn, state)
-                except _Abandon:
-                    return
+                    stats = run_task(cfg, opener, listing, reader, pool, task, conn, state)
+                except (_Abandon, _StartupFailed):
+                    raise
                 except AscendBatchError as exc:
                     conn.send(("failed", task.key, str(exc)))
                     sys.exit(EXIT_WORKER_FAILED)
@@ -270,7 +317,7 @@ def _decoded(
 
 def run_task(
     cfg: WorkerConfig,
-    session: Session,
+    opener: _SessionOpener,
     listing: pq.ParquetFile,
     reader: ItemReader,
     pool: _DecodePool,
@@ -282,6 +329,13 @@ def run_task(
     stats = TaskStats(started=time.time())
     items = read_unit_items(listing, task.unit, task.start, task.stop)
     n = len(items)
+    window = cfg.batch_size * max(1, cfg.prefetch) + cfg.decode_workers
+    decoded = _decoded(cfg, items, reader, pool, window, stats)
+    first = next(decoded, None)  # decoding is under way; now wait for the model if it is still loading
+    session = opener.get()
+    if not opener.announced and conn is not None:
+        conn.send(("ready", session.max_batch))
+        opener.announced = True
     batch_cap = max(1, min(cfg.batch_size, session.max_batch))
     pp = cfg.model.preprocess
     buffer = np.empty(pp.input_shape(batch_cap), dtype=pp.numpy_dtype)
@@ -306,8 +360,7 @@ def run_task(
             conn.send(("progress", len(batch_pos)))
         batch_pos.clear()
 
-    window = batch_cap * max(1, cfg.prefetch) + cfg.decode_workers
-    for pos, result in _decoded(cfg, items, reader, pool, window, stats):
+    for pos, result in itertools.chain([first] if first is not None else [], decoded):
         if isinstance(result, ImageError):
             results[pos] = f"{result.kind}: {result.message}"
             stats.error(result.kind)
