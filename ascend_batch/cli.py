@@ -258,7 +258,8 @@ def bench(
         str | None, typer.Option(help="Also measure the runner with these CPU worker counts, e.g. '1,2'.")
     ] = None,
     json_out: Annotated[Path, typer.Option("--json", help="Where to write the figures.")] = Path("bench.json"),
-    png_out: Annotated[Path | None, typer.Option("--png", help="Bar chart (needs matplotlib).")] = Path("bench.png"),
+    png_out: Annotated[Path, typer.Option("--png", help="Bar chart (needs matplotlib).")] = Path("bench.png"),
+    no_chart: Annotated[bool, typer.Option("--no-chart", help="Skip the bar chart.")] = False,
 ) -> None:
     """Seed-style loop vs batched script vs inference ceiling vs the runner, same images and model."""
     from .bench import format_report, run_bench, run_scaling, write_chart
@@ -299,7 +300,7 @@ def bench(
             + ", ".join(f"{k} worker(s) {v} img/s (x{sc['speedup'][k]})" for k, v in sc["img_per_s"].items())
         )
     typer.echo(f"wrote {json_out}")
-    if png_out is not None:
+    if not no_chart:
         if write_chart(report, png_out):
             typer.echo(f"wrote {png_out}")
         else:

@@ -88,7 +88,15 @@ class TaskStats:
     errors: int = 0
     error_kinds: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(
-        default_factory=lambda: {"read": 0.0, "decode": 0.0, "infer": 0.0, "write": 0.0, "wait_decode": 0.0}
+        default_factory=lambda: {
+            "read": 0.0,  # reading bytes (files, archive members)
+            "decode": 0.0,  # decode + preprocess, summed over decode threads
+            "infer": 0.0,  # session.infer, including copies to and from the device
+            "write": 0.0,  # building rows and committing the part file
+            "wait_decode": 0.0,  # inference waiting for decoded images (decode is the bottleneck)
+            "wait_model": 0.0,  # waiting for the model to finish loading (first unit only)
+            "wait_task": 0.0,  # idle between units, waiting for the supervisor
+        }
     )
     batches: int = 0
     started: float = 0.0
@@ -229,12 +237,15 @@ def _serve(cfg: WorkerConfig, conn: Connection, opener: _SessionOpener, state: _
                 state.idle = True
                 if state.stop.is_set():
                     return
+                t0 = time.perf_counter()
                 task = conn.recv()
+                waited = time.perf_counter() - t0
                 state.idle = False
                 if task is None:
                     return
                 try:
                     stats = run_task(cfg, opener, listing, reader, pool, task, conn, state)
+                    stats.seconds["wait_task"] = waited
                 except (_Abandon, _StartupFailed):
                     raise
                 except AscendBatchError as exc:
@@ -332,7 +343,9 @@ def run_task(
     window = cfg.batch_size * max(1, cfg.prefetch) + cfg.decode_workers
     decoded = _decoded(cfg, items, reader, pool, window, stats)
     first = next(decoded, None)  # decoding is under way; now wait for the model if it is still loading
+    t0 = time.perf_counter()
     session = opener.get()
+    stats.seconds["wait_model"] += time.perf_counter() - t0
     if not opener.announced and conn is not None:
         conn.send(("ready", session.max_batch))
         opener.announced = True
@@ -383,6 +396,8 @@ def run_task(
             stats.ok += 1
     stats.images = n
     stats.finished = time.time()
+    stats.seconds["write"] += time.perf_counter() - t0  # rows built; the commit is added below
+    t0 = time.perf_counter()
     meta = {**stats.__dict__, "device": str(cfg.device)}
     if task.piece:
         pieces = cfg.out / PIECES_DIR

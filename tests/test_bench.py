@@ -1,0 +1,25 @@
+"""`ascend-batch bench` runs all four paths on the same images and reports consistent figures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from helpers import cli, make_images, tiny_onnx
+
+
+def test_bench_reports_four_paths_and_ratios(tmp_path: Path) -> None:
+    make_images(tmp_path / "imgs", 24)
+    model = tiny_onnx(tmp_path / "tiny.onnx", classes=10, size=224)
+    out = tmp_path / "bench.json"
+    r = cli("bench", tmp_path / "imgs", "--model-path", model, "--repeats", "1", "--batch-size", "8",
+            "--unit-size", "12", "--limit", "20", "--scaling", "1,2", "--json", out, "--no-chart")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(out.read_text())
+    assert data["images"] == 20
+    rates = {k: v["median"] for k, v in data["img_per_s"].items()}
+    assert set(rates) == {"a_seed_loop", "b_batched_script", "c_inference_ceiling", "d_runner"}
+    assert all(v > 0 for v in rates.values())
+    assert abs(data["ratios"]["d/c"] - rates["d_runner"] / rates["c_inference_ceiling"]) < 0.01
+    assert set(data["scaling"]["img_per_s"]) == {"1", "2"}
+    assert "d/a" in r.stdout and "scaling:" in r.stdout
