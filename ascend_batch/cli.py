@@ -53,11 +53,20 @@ def _parse_shard(text: str | None) -> tuple[int, int] | None:
             raise typer.BadParameter(f"shard {k}/{n}: k must be in 0..K-1")
         return (k, n)
     task = os.environ.get("SLURM_ARRAY_TASK_ID")
-    count = os.environ.get("SLURM_ARRAY_TASK_COUNT")
-    if task is not None and count is not None:
-        lo = int(os.environ.get("SLURM_ARRAY_TASK_MIN", "0"))
-        return (int(task) - lo, int(count))
-    return None
+    if task is None:
+        return None
+    shards = os.environ.get("ASCEND_BATCH_SHARDS")
+    if shards:  # explicit: task ids are the shard numbers 0..K-1 (any subset may be submitted)
+        return (int(task), int(shards))
+    count = int(os.environ.get("SLURM_ARRAY_TASK_COUNT", "1"))
+    lo = int(os.environ.get("SLURM_ARRAY_TASK_MIN", "0"))
+    hi = int(os.environ.get("SLURM_ARRAY_TASK_MAX", str(lo + count - 1)))
+    if hi - lo + 1 != count:
+        raise typer.BadParameter(
+            f"this Slurm array ({os.environ.get('SLURM_ARRAY_JOB_ID')}) is not a contiguous range, so its shards "
+            "cannot be derived: pass --shard k/K, or set ASCEND_BATCH_SHARDS=K"
+        )
+    return (int(task) - lo, count)
 
 
 @app.command()
@@ -81,6 +90,9 @@ def run(
     ] = None,
 ) -> None:
     """Run a job, or resume it where it stopped."""
+    from .runner.supervisor import install_early_drain
+
+    install_early_drain()  # a Slurm warning signal during start-up must not kill us
     from .manifest import load_manifest, parse_manifest
     from .runner.job import run_job
 

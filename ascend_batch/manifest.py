@@ -69,7 +69,8 @@ class RuntimeConfig:
     devices: tuple[Device, ...] = (Device("cpu", 0),)
     batch_size: int = 32
     unit_size: int = 1000
-    threads: int = 0  # intra-op threads per worker; 0 = cores / workers
+    threads: int = 0  # intra-op threads per inference call; 0 = automatic
+    streams: int = 0  # concurrent inference calls per worker (CPU onnxruntime); 0 = automatic
     decode_workers: int = 0  # decode threads per worker; 0 = automatic
     prefetch: int = 2  # batches decoded ahead of inference
     max_retries: int = 2  # worker deaths tolerated per unit before it is bisected
@@ -378,6 +379,7 @@ def parse_manifest(data: Mapping[str, Any], base: Path, source: Path | None = No
         ("batch_size", 32, 1),
         ("unit_size", 1000, 1),
         ("threads", 0, 0),
+        ("streams", 0, 0),
         ("decode_workers", 0, 0),
         ("prefetch", 2, 1),
         ("max_retries", 2, 0),
@@ -407,6 +409,7 @@ def parse_manifest(data: Mapping[str, Any], base: Path, source: Path | None = No
             "batch_size",
             "unit_size",
             "threads",
+            "streams",
             "decode_workers",
             "prefetch",
             "max_retries",

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
-from .errors import EXIT_STARTUP, EXIT_USAGE, AscendBatchError
+from .errors import EXIT_INTERRUPTED, EXIT_STARTUP, EXIT_USAGE, AscendBatchError
 
 SLURM_DIR = "_slurm"
 LOGS_DIR = "logs"
@@ -44,7 +44,6 @@ FINALIZE_SCRIPT = "finalize.sbatch"
 SUBMISSIONS_FILE = "submissions.jsonl"
 DEFAULT_SIGNAL_TIME = 60
 DEFAULT_FINALIZE_TIME = "00:30:00"
-EXIT_RUNNER_INTERRUPTED = 130  # the runner's "interrupted, resumable" exit code
 
 _TERMINAL_STATES = frozenset(
     {
@@ -306,7 +305,7 @@ def render_array_script(files: JobFiles, opts: SlurmOptions) -> str:
         'echo "ascend-batch: runner exited with code $rc"',
         "# 130: drained after the signal; 138: the signal arrived before the runner set up its handler",
         f'if [ "$signalled" = 1 ] && [ "$REQUEUE" = 1 ] && '
-        f'{{ [ "$rc" -eq {EXIT_RUNNER_INTERRUPTED} ] || [ "$rc" -eq 138 ]; }}; then',
+        f'{{ [ "$rc" -eq {EXIT_INTERRUPTED} ] || [ "$rc" -eq 138 ]; }}; then',
         '  echo "ascend-batch: requeueing $ID; it resumes from its committed units"',
         '  scontrol requeue "$ID" && exit 0',
         '  echo "ascend-batch: scontrol requeue $ID failed; resubmit to finish (only missing units run)"',
@@ -442,18 +441,22 @@ def missing_tasks(out: Path, shards: int) -> tuple[int, ...]:
 
 
 # -- waiting -----------------------------------------------------------------------------------
-def job_states(job_ids: Sequence[str]) -> dict[str, str]:
-    """``{job or array task id: STATE}`` from squeue (finished jobs included while slurmctld keeps them)."""
+def job_states(job_ids: Sequence[str]) -> dict[str, str] | None:
+    """``{job or array task id: STATE}`` from squeue, finished jobs included while slurmctld keeps
+    them (MinJobAge); ``{}`` when Slurm no longer knows the jobs, None when squeue did not answer."""
     squeue = _tool("squeue")
-    proc = subprocess.run(
-        [squeue, "-h", "-t", "all", "-j", ",".join(job_ids), "-o", "%i %T"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    states: dict[str, str] = {}
+    try:
+        proc = subprocess.run(
+            [squeue, "-h", "-t", "all", "-j", ",".join(job_ids), "-o", "%i %T"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except subprocess.TimeoutExpired:
+        return None
     if proc.returncode != 0:
-        return states  # purged (MinJobAge) or unknown: the caller falls back to the output dir
+        return {} if "Invalid job id" in proc.stderr else None
+    states: dict[str, str] = {}
     for line in proc.stdout.splitlines():
         parts = line.split()
         if len(parts) == 2:
@@ -464,17 +467,28 @@ def job_states(job_ids: Sequence[str]) -> dict[str, str]:
 def wait_for(
     sub: Submission, poll: float = 1.0, max_poll: float = 15.0, timeout: float | None = None
 ) -> dict[str, str]:
-    """Block until the finalize job (and the array) reached a final state; returns the last states.
-    Polls squeue every ``poll`` seconds, slowing down to ``max_poll``."""
+    """Block until the finalize job and the array tasks reached a final state (or Slurm forgot
+    them); returns the last states seen. Polls squeue every ``poll`` seconds, slowing to ``max_poll``;
+    ten unanswered polls in a row raise :class:`SlurmError`."""
     deadline = None if timeout is None else time.monotonic() + timeout
     ids = [sub.array_job, sub.finalize_job]
     states: dict[str, str] = {}
+    unanswered = 0
     while True:
-        states = job_states(ids) or states
-        final = states.get(sub.finalize_job)
-        array_states = [s for j, s in states.items() if j != sub.finalize_job]
-        if not states or (final in _TERMINAL_STATES and all(s in _TERMINAL_STATES for s in array_states)):
-            return states
+        now = job_states(ids)
+        if now is None:
+            unanswered += 1
+            if unanswered >= 10:
+                raise SlurmError(f"squeue did not answer {unanswered} times in a row; jobs {', '.join(ids)}")
+        else:
+            unanswered = 0
+            if not now:
+                return states  # purged: the output directory tells the outcome
+            states = now
+            final = states.get(sub.finalize_job)
+            tasks = [s for j, s in states.items() if j != sub.finalize_job]
+            if final in _TERMINAL_STATES and all(s in _TERMINAL_STATES for s in tasks):
+                return states
         if deadline is not None and time.monotonic() > deadline:
             raise SlurmError(f"jobs {', '.join(ids)} still not finished after {timeout:.0f} s")
         time.sleep(poll)

@@ -10,6 +10,8 @@ from .base import Device
 
 
 class OnnxSession:
+    concurrent_infer = True  # InferenceSession.run is thread-safe: the worker may run batches side by side
+
     def __init__(self, device: Device, model: ModelSpec, *, batch_size: int, threads: int) -> None:
         import onnxruntime as ort
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from ..errors import IncompleteError, InterruptedRun
 from ..manifest import Manifest
 from ..models.resolve import resolve_model
-from ..plan import shard_units
+from ..plan import LISTING_FILE, shard_units
 from .lock import JobLock
 from .outdir import SUCCESS_FILE, SUMMARY_FILE, prepare, restart, write_replace
 from .progress import Progress
@@ -44,15 +44,28 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def plan_threads(manifest: Manifest) -> tuple[int, int]:
-    """(intra-op threads per worker, decode threads per worker) without oversubscribing the cores."""
+def plan_threads(manifest: Manifest) -> tuple[int, int, int]:
+    """(intra-op threads per inference call, concurrent inference calls, decode threads), per worker,
+    without oversubscribing the cores: threads x streams x workers <= cores.
+
+    On CPU, several single-threaded inference calls side by side beat one call spread over all
+    cores when decoding competes for the same cores (measured: README, Performance), so the
+    default is one thread per call and one call per core of the worker's share."""
     rt = manifest.runtime
     cores = available_cores()
     n = len(rt.devices)
     per_worker = max(1, cores // n)
-    threads = rt.threads or per_worker
-    decode = rt.decode_workers or max(1, per_worker)
-    return threads, decode
+    on_cpu = all(d.kind == "cpu" for d in rt.devices)
+    if rt.threads:
+        threads = rt.threads
+        streams = (rt.streams or max(1, per_worker // threads)) if on_cpu else 1
+    elif on_cpu:
+        streams = rt.streams or per_worker
+        threads = max(1, per_worker // streams)
+    else:
+        threads, streams = per_worker, rt.streams or 1
+    decode = rt.decode_workers or per_worker
+    return threads, streams, decode
 
 
 def finalize(out: Path, run: dict | None = None) -> JobStatus:
@@ -83,17 +96,11 @@ def run_job(
             if shard is not None:
                 raise IncompleteError("--restart cannot be combined with a shard; restart the whole job once")
             restart(out)
-        info = prepare(manifest, model, out)
-        units = info.snapshot.units
-        mine = shard_units(units, *shard) if shard else units
-        done = committed_units(out)
-        todo = [u for u in mine if u.index not in done]
-        clear_pieces(out, todo)
-        threads, decode = plan_threads(manifest)
         rt = manifest.runtime
+        threads, streams, decode = plan_threads(manifest)
         template = WorkerConfig(
             out=out,
-            listing=info.snapshot.path,
+            listing=out / LISTING_FILE,
             model=model,
             backend=rt.backend,
             device=rt.devices[0],
@@ -106,30 +113,39 @@ def run_job(
             max_member_bytes=manifest.dataset.max_member_bytes,
             decode_timeout=manifest.dataset.decode_timeout,
             backend_options=rt.backend_options(),
+            streams=streams,
         )
+        supervisor = Supervisor(
+            template, rt.devices, [], max_retries=rt.max_retries, progress=None, drain_timeout=drain_timeout
+        )
+        if not (out / SUCCESS_FILE).exists():
+            supervisor.start_workers()  # they load their models while we list the dataset
+        try:
+            info = prepare(manifest, model, out)
+        except BaseException:
+            supervisor.stop_workers()
+            raise
+        units = info.snapshot.units
+        mine = shard_units(units, *shard) if shard else units
+        done = committed_units(out)
+        todo = [u for u in mine if u.index not in done]
+        clear_pieces(out, todo)
         total = sum(u.size for u in mine)
         already = total - sum(u.size for u in todo)
         progress = Progress(total, already, len(mine), len(mine) - len(todo), bar=progress_bar, interval=log_interval)
+        supervisor.progress = progress
+        supervisor.set_units(todo)
         if todo:
             progress.log(
                 f"job {manifest.job.name!r}: {len(todo)} of {len(mine)} units to do ({total - already} images) "
                 f"on {', '.join(str(d) for d in rt.devices)} [{rt.backend}, batch {rt.batch_size}, "
-                f"{threads} infer + {decode} decode threads per worker]"
+                f"{streams}x{threads} infer + {decode} decode threads per worker]"
             )
         try:
-            outcome = (
-                Supervisor(
-                    template,
-                    rt.devices,
-                    todo,
-                    max_retries=rt.max_retries,
-                    progress=progress,
-                    drain_timeout=drain_timeout,
-                ).run()
-                if todo
-                else Outcome()
-            )
+            outcome = supervisor.run() if todo else Outcome()
         finally:
+            if not todo:
+                supervisor.stop_workers()
             progress.close()
         run = {
             "run_id": run_id,
@@ -140,7 +156,8 @@ def run_job(
             "per_device_images": outcome.per_device,
             "stage_seconds": {k: round(v, 3) for k, v in outcome.seconds.items()},
             "worker_deaths": outcome.worker_deaths,
-            "threads_per_worker": threads,
+            "threads_per_inference": threads,
+            "inference_streams_per_worker": streams,
             "decode_threads_per_worker": decode,
             "batch_size": rt.batch_size,
             "backend": rt.backend,

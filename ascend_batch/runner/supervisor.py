@@ -13,6 +13,7 @@ import contextlib
 import json
 import multiprocessing as mp
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -30,6 +31,22 @@ from .worker import PIECES_DIR, Task, WorkerConfig, piece_name, worker_main
 from .writer import RowBuffer, commit_table, part_name
 
 _SIGNAL_NAMES = {-s.value: s.name for s in signal.Signals}
+
+
+class _EarlyDrain:
+    """Remembers a SIGUSR1 that arrives before the supervisor runs (Slurm's warning signal can come
+    while the job is still listing), so it is honoured instead of killing the process."""
+
+    received = threading.Event()
+
+    @classmethod
+    def handler(cls, signum: int, frame: Any) -> None:
+        cls.received.set()
+
+
+def install_early_drain() -> None:
+    if hasattr(signal, "SIGUSR1"):
+        signal.signal(signal.SIGUSR1, _EarlyDrain.handler)
 
 
 def death_message(exitcode: int | None) -> str:
@@ -76,18 +93,19 @@ class Supervisor:
         units: list[Unit],
         *,
         max_retries: int,
-        progress: Progress,
+        progress: Progress | None,
         drain_timeout: float = 45.0,
     ) -> None:
         self.template = template
         self.devices = devices
         self.max_retries = max_retries
-        self.progress = progress
+        self.progress = progress or Progress(0, 0, 0, 0, bar=False)
         self.drain_timeout = drain_timeout
-        self.queue: collections.deque[Task] = collections.deque(Task(u, u.start, u.stop) for u in units)
+        self.queue: collections.deque[Task] = collections.deque()
+        self.started = False
         self.attempts: dict[tuple[int, int, int], int] = collections.defaultdict(int)
         self.pieces: dict[int, set[tuple[int, int, int]]] = {}
-        self.units = {u.index: u for u in units}
+        self.set_units(units)
         self.workers: list[_Worker] = []
         self.startup_failures: dict[Device, list[str]] = collections.defaultdict(list)
         self.dead_devices: set[Device] = set()
@@ -96,6 +114,22 @@ class Supervisor:
         self.stop_signal: str | None = None
         self.drain_deadline = 0.0
         self.ctx = mp.get_context("spawn")
+
+    def set_units(self, units: list[Unit]) -> None:
+        """The units to run (may come after :meth:`start_workers`)."""
+        self.queue = collections.deque(Task(u, u.start, u.stop) for u in units)
+
+    def start_workers(self) -> None:
+        """Spawn one worker per device now: they import and load their models while the caller
+        is still listing the dataset."""
+        if not self.started:
+            self.started = True
+            for d in self.devices:
+                self._start(d)
+
+    def stop_workers(self) -> None:
+        """Stop workers started early when the job will not run after all."""
+        self._shutdown()
 
     # -- signals -----------------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -276,9 +310,10 @@ class Supervisor:
     def run(self) -> Outcome:
         t0 = time.monotonic()
         previous = self._install_signals()
+        if _EarlyDrain.received.is_set():
+            self._on_signal(signal.SIGUSR1, None)
         try:
-            for d in self.devices:
-                self._start(d)
+            self.start_workers()
             self._loop()
         finally:
             self._shutdown()

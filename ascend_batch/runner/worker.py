@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import contextlib
 import ctypes
 import itertools
 import os
@@ -24,13 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..backends.base import Device, Session, get_backend
 from ..errors import AscendBatchError, ImageError
 from ..models.spec import ModelSpec
 from ..plan import Unit, read_unit_items
-from ..preprocess import Decoded, decode
+from ..preprocess import Decoded, Preprocess, decode
 from ..sources import Item, ItemReader
 from .writer import RowBuffer, commit_table, part_name, topk
 
@@ -57,6 +59,7 @@ class WorkerConfig:
     max_member_bytes: int
     decode_timeout: float
     backend_options: dict[str, Any] = field(default_factory=dict)
+    streams: int = 1  # concurrent inference calls, for sessions that allow them (CPU onnxruntime)
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,8 @@ class _SessionOpener:
         self.session: Session | None = None
         self.error: BaseException | None = None
         self.announced = False
+        self.infer_pool: cf.ThreadPoolExecutor | None = None
+        self._buffers: collections.deque[np.ndarray] | None = None
         self._thread: threading.Thread | None = None
         self._backend = None
         try:
@@ -201,6 +206,26 @@ class _SessionOpener:
             )
         except BaseException as exc:
             self.error = exc
+            return
+        # pyarrow imports pandas (if installed) on its first array: do it now, off the critical path
+        pa.array([0])
+
+    def streams(self, session: Session) -> int:
+        """Concurrent inference calls: ``cfg.streams`` where the session allows it, else 1."""
+        n = self.cfg.streams if getattr(session, "concurrent_infer", False) else 1
+        if n > 1 and self.infer_pool is None:
+            self.infer_pool = cf.ThreadPoolExecutor(n, thread_name_prefix="infer")
+        return max(1, n)
+
+    def buffers(self, pp: Preprocess, batch: int, streams: int) -> collections.deque[np.ndarray]:
+        """Batch buffers, allocated once per worker and reused by every task."""
+        shape = pp.input_shape(batch)
+        if self._buffers is None or self._buffers[0].shape != shape:
+            self._buffers = collections.deque(np.empty(shape, dtype=pp.numpy_dtype) for _ in range(streams + 1))
+        return self._buffers
+
+    def drop_buffers(self) -> None:
+        self._buffers = None
 
     def get(self) -> Session:
         if self._thread is not None:
@@ -218,6 +243,8 @@ class _SessionOpener:
     def close(self) -> None:
         if self._thread is not None:
             self._thread.join()
+        if self.infer_pool is not None:
+            self.infer_pool.shutdown(wait=True)
         session, self.session = self.session, None
         if session is not None:
             try:
@@ -229,7 +256,7 @@ class _SessionOpener:
 
 
 def _serve(cfg: WorkerConfig, conn: Connection, opener: _SessionOpener, state: _State) -> None:
-    listing = pq.ParquetFile(cfg.listing)
+    listing: pq.ParquetFile | None = None  # opened at the first task: it may not exist before
     pool = _DecodePool(max(1, cfg.decode_workers))
     try:
         with ItemReader(cfg.max_member_bytes) as reader:
@@ -243,6 +270,8 @@ def _serve(cfg: WorkerConfig, conn: Connection, opener: _SessionOpener, state: _
                 state.idle = False
                 if task is None:
                     return
+                if listing is None:
+                    listing = pq.ParquetFile(cfg.listing)
                 try:
                     stats = run_task(cfg, opener, listing, reader, pool, task, conn, state)
                     stats.seconds["wait_task"] = waited
@@ -326,6 +355,18 @@ def _decoded(
         fill()
 
 
+def _timed_infer(session: Session, batch: np.ndarray) -> tuple[np.ndarray, float]:
+    t0 = time.perf_counter()
+    logits = session.infer(batch)
+    return logits, time.perf_counter() - t0
+
+
+def _done(value: Any) -> cf.Future:
+    fut: cf.Future = cf.Future()
+    fut.set_result(value)
+    return fut
+
+
 def run_task(
     cfg: WorkerConfig,
     opener: _SessionOpener,
@@ -350,39 +391,65 @@ def run_task(
         conn.send(("ready", session.max_batch))
         opener.announced = True
     batch_cap = max(1, min(cfg.batch_size, session.max_batch))
-    pp = cfg.model.preprocess
-    buffer = np.empty(pp.input_shape(batch_cap), dtype=pp.numpy_dtype)
+    streams = opener.streams(session)
     labels = cfg.model.labels
     # per position: (index, prob, w, h) or an error string
     results: list[Any] = [None] * n
     batch_pos: list[tuple[int, int, int]] = []
+    buffers = opener.buffers(cfg.model.preprocess, batch_cap, streams)
+    buffer = buffers.popleft()
+    inflight: collections.deque[tuple[cf.Future, list[tuple[int, int, int]], np.ndarray]] = collections.deque()
+
+    def collect() -> None:
+        fut, positions, buf = inflight.popleft()
+        logits, seconds = fut.result()
+        stats.seconds["infer"] += seconds
+        idx, prob = topk(logits)
+        for j, (pos, w, h) in enumerate(positions):
+            results[pos] = (idx[j], prob[j], w, h)
+        stats.batches += 1
+        buffers.append(buf)
+        if conn is not None:
+            conn.send(("progress", len(positions)))
 
     def flush() -> None:
+        nonlocal buffer, batch_pos
         if not batch_pos:
             return
         if state is not None and state.stop.is_set():
             raise _Abandon()
-        t0 = time.perf_counter()
-        logits = session.infer(buffer[: len(batch_pos)])
-        stats.seconds["infer"] += time.perf_counter() - t0
-        idx, prob = topk(logits)
-        for j, (pos, w, h) in enumerate(batch_pos):
-            results[pos] = (idx[j], prob[j], w, h)
-        stats.batches += 1
-        if conn is not None:
-            conn.send(("progress", len(batch_pos)))
-        batch_pos.clear()
+        if streams == 1:  # in this thread: no hand-off cost
+            inflight.append((_done(_timed_infer(session, buffer[: len(batch_pos)])), batch_pos, buffer))
+        else:  # up to `streams` batches run at once (single-threaded sessions side by side)
+            assert opener.infer_pool is not None
+            inflight.append(
+                (opener.infer_pool.submit(_timed_infer, session, buffer[: len(batch_pos)]), batch_pos, buffer)
+            )
+        batch_pos = []
+        while not buffers or len(inflight) > streams:
+            collect()
+        buffer = buffers.popleft()
 
-    for pos, result in itertools.chain([first] if first is not None else [], decoded):
-        if isinstance(result, ImageError):
-            results[pos] = f"{result.kind}: {result.message}"
-            stats.error(result.kind)
-            continue
-        buffer[len(batch_pos)] = result.array
-        batch_pos.append((pos, result.width, result.height))
-        if len(batch_pos) == batch_cap:
-            flush()
-    flush()
+    try:
+        for pos, result in itertools.chain([first] if first is not None else [], decoded):
+            if isinstance(result, ImageError):
+                results[pos] = f"{result.kind}: {result.message}"
+                stats.error(result.kind)
+                continue
+            buffer[len(batch_pos)] = result.array
+            batch_pos.append((pos, result.width, result.height))
+            if len(batch_pos) == batch_cap:
+                flush()
+        flush()
+        while inflight:
+            collect()
+    except BaseException:
+        for fut, _, _ in inflight:  # let running batches finish before anything else happens
+            with contextlib.suppress(Exception):
+                fut.result()
+        opener.drop_buffers()  # ownership is unclear after a failure: allocate afresh next time
+        raise
+    buffers.append(buffer)
 
     t0 = time.perf_counter()
     rows = RowBuffer(cfg.model.name, cfg.backend, str(cfg.device), cfg.run_id)
