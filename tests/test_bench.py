@@ -12,8 +12,25 @@ def test_bench_reports_four_paths_and_ratios(tmp_path: Path) -> None:
     make_images(tmp_path / "imgs", 24)
     model = tiny_onnx(tmp_path / "tiny.onnx", classes=10, size=224)
     out = tmp_path / "bench.json"
-    r = cli("bench", tmp_path / "imgs", "--model-path", model, "--repeats", "1", "--batch-size", "8",
-            "--unit-size", "12", "--limit", "20", "--scaling", "1,2", "--json", out, "--no-chart")
+    r = cli(
+        "bench",
+        tmp_path / "imgs",
+        "--model-path",
+        model,
+        "--repeats",
+        "1",
+        "--batch-size",
+        "8",
+        "--unit-size",
+        "12",
+        "--limit",
+        "20",
+        "--scaling",
+        "1,2",
+        "--json",
+        out,
+        "--no-chart",
+    )
     assert r.returncode == 0, r.stderr
     data = json.loads(out.read_text())
     assert data["images"] == 20

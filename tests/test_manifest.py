@@ -81,8 +81,11 @@ def test_validate_cli_ok(tmp_path: Path, images: Path) -> None:
         (GOOD.replace("[runtime]", '[runtime]\nbackend = "acl"'), "model.path", ".om"),
         ('[job\nname = "x"', "toml", "not valid TOML"),
         (GOOD.replace("batch_size = 8", 'batch_size = 8\nprecision = "fp16"'), "runtime.precision", "only the torch"),
-        (GOOD.replace("batch_size = 8", 'batch_size = 8\nbackend = "torch"\nprecision = "fp8"'), "runtime.precision",
-         "fp32, fp16, bf16"),
+        (
+            GOOD.replace("batch_size = 8", 'batch_size = 8\nbackend = "torch"\nprecision = "fp8"'),
+            "runtime.precision",
+            "fp32, fp16, bf16",
+        ),
     ],
 )
 def test_each_error_names_its_key(tmp_path: Path, images: Path, body: str, key: str, words: str) -> None:
