@@ -235,7 +235,7 @@ def write_chart(report: dict, path: Path) -> bool:
     r = report["ratios"]
     ax.set_title(
         f"{report['model']} on {report['backend']} {','.join(report['devices'])}, {report['cores']} cores, "
-        f"batch {report['batch_size']}: d/a {r['d/a']}, d/b {r['d/b']}, d/c {r['d/c']}",
+        f"batch {report['batch_size']}\nd/a {r['d/a']}, d/b {r['d/b']}, d/c {r['d/c']}",
         fontsize=9,
     )
     ax.set_xlim(0, max(values) * 1.3)
