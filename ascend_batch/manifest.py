@@ -77,6 +77,7 @@ class RuntimeConfig:
     precision: str | None = None  # torch: fp32 | fp16 | bf16 (default fp16 on cuda/npu, fp32 on cpu)
     channels_last: bool | None = None  # torch: NHWC memory format on accelerators (default on)
     compile: bool | None = None  # torch: torch.compile the model (default off)
+    gpu_decode: bool = True  # torch on CUDA: decode JPEGs on the GPU (nvJPEG), CPU fallback per file
 
     def backend_options(self) -> dict[str, Any]:
         """The backend-specific keys the manifest set (passed to the backend's constructor)."""
@@ -395,6 +396,7 @@ def parse_manifest(data: Mapping[str, Any], base: Path, source: Path | None = No
     )
     channels_last = r.get("channels_last", bool, "true or false")
     compile_ = r.get("compile", bool, "true or false")
+    gpu_decode = r.get("gpu_decode", bool, "true or false", True)
     if backend != "torch" and not plugin:
         for key, value in (("precision", precision), ("channels_last", channels_last), ("compile", compile_)):
             if value is not None:
@@ -404,6 +406,7 @@ def parse_manifest(data: Mapping[str, Any], base: Path, source: Path | None = No
             "precision",
             "channels_last",
             "compile",
+            "gpu_decode",
             "backend",
             "devices",
             "batch_size",
@@ -421,6 +424,7 @@ def parse_manifest(data: Mapping[str, Any], base: Path, source: Path | None = No
         precision=precision,
         channels_last=channels_last,
         compile=compile_,
+        gpu_decode=gpu_decode,
         **ints,
     )
 

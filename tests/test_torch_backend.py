@@ -5,6 +5,7 @@ preprocessing parity). Skipped when torch is not installed."""
 from __future__ import annotations
 
 import io
+import os
 import struct
 import sys
 from pathlib import Path
@@ -409,3 +410,41 @@ decode_workers = 1
         assert list(a) == list(b)
     for a, b in zip(t["top5_prob"], o["top5_prob"], strict=True):
         assert np.abs(np.asarray(a) - np.asarray(b)).max() < 1e-3
+
+
+def test_device_decode_path_through_the_runner_matches_cpu_decode(tmp_path: Path) -> None:
+    """The worker's device-decode path (stand-in decoder on the CPU) gives the same rows as the plain
+    CPU path: same top-5, PNG and progressive JPEG sent to the CPU fallback, a truncated file an error."""
+    import pandas as pd
+    from helpers import REPO, labels_file
+
+    imgs = tmp_path / "imgs"
+    make_images(imgs, 9, size=(80, 60), seed=11)
+    Image.open(imgs / "img00000.jpg").save(imgs / "progressive.jpg", progressive=True, quality=90)
+    Image.open(imgs / "img00001.jpg").save(imgs / "plain.png")
+    (imgs / "truncated.jpg").write_bytes((imgs / "img00002.jpg").read_bytes()[:300])
+    model = tmp_path / "tiny.pt"
+    torch.jit.save(torch.jit.script(Tiny().eval()), str(model))
+    labels = labels_file(tmp_path / "labels.txt")
+    outs = {}
+    for backend in ("torch", "device_decode_backend:DeviceDecodeBackend"):
+        out = tmp_path / ("cpu" if backend == "torch" else "device")
+        m = tmp_path / "job.toml"
+        m.write_text(
+            f'[job]\noutput = "{out}"\n[dataset]\npaths = ["{imgs}"]\n'
+            f'[model]\npath = "{model}"\nlabels = "{labels}"\ninput_size = 32\nresize = 36\nmean = 127.5\nstd = 64.0\n'
+            f'[runtime]\nbackend = "{backend}"\ndevices = ["cpu"]\nbatch_size = 4\nunit_size = 6\n'
+        )
+        env = {"PYTHONPATH": f"{Path(__file__).parent}{os.pathsep}{REPO}", "DEVICE_DECODE_LOG": str(tmp_path / "log")}
+        r = cli("run", m, "--no-progress", env=env)
+        assert r.returncode == 0, r.stderr
+        outs[backend] = pd.read_parquet(out).sort_values("image_id").reset_index(drop=True)
+    assert (tmp_path / "log").read_text().split()  # the stand-in device decoder was used
+    cpu, dev = outs["torch"], outs["device_decode_backend:DeviceDecodeBackend"]
+    assert list(cpu["image_id"]) == list(dev["image_id"]) and len(dev) == 12
+    assert list(cpu["status"]) == list(dev["status"])
+    assert dev.set_index("image_id").loc["truncated.jpg", "status"] == "error"
+    ok = dev["status"] == "ok"
+    assert [list(x) for x in cpu.loc[ok, "top5_index"]] == [list(x) for x in dev.loc[ok, "top5_index"]]
+    np.testing.assert_allclose(np.stack(cpu.loc[ok, "top5_prob"]), np.stack(dev.loc[ok, "top5_prob"]), atol=2e-2)
+    assert (cpu.loc[ok, ["width", "height"]].to_numpy() == dev.loc[ok, ["width", "height"]].to_numpy()).all()

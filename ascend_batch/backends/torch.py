@@ -532,6 +532,7 @@ def _cuda_error(device: Device, exc: RuntimeError) -> BackendError:
 
 class TorchBackend:
     name = "torch"
+    device_decode = True  # sessions on CUDA offer gpu_decoder(); the worker asks before decoding
 
     def __init__(self, options: TorchOptions | Mapping[str, Any] | None = None) -> None:
         """``options``: TorchOptions, or the manifest's ``[runtime]`` torch keys as a mapping

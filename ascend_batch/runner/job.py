@@ -114,6 +114,7 @@ def run_job(
             decode_timeout=manifest.dataset.decode_timeout,
             backend_options=rt.backend_options(),
             streams=streams,
+            gpu_decode=rt.gpu_decode,
         )
         supervisor = Supervisor(
             template, rt.devices, [], max_retries=rt.max_retries, progress=None, drain_timeout=drain_timeout

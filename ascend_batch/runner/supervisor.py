@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import json
 import multiprocessing as mp
 import signal
@@ -213,7 +214,7 @@ class Supervisor:
         self.attempts[task.key] += 1
         if self.attempts[task.key] <= self.max_retries:
             self.progress.log(f"unit {task.unit.index} failed on {device} ({message}); retrying")
-            self.queue.appendleft(task)
+            self.queue.appendleft(dataclasses.replace(task, attempt=self.attempts[task.key]))
         else:
             self.progress.log(f"unit {task.unit.index} failed {self.attempts[task.key]} times; giving up: {message}")
             self.outcome.units_failed[task.unit.index] = message
@@ -231,11 +232,12 @@ class Supervisor:
         self.attempts[task.key] += 1
         if not task.piece and self.attempts[task.key] <= self.max_retries:
             self.progress.log(f"{reason} during unit {task.unit.index}; requeued")
-            self.queue.appendleft(task)
+            self.queue.appendleft(dataclasses.replace(task, attempt=self.attempts[task.key]))
             return
         if task.size > 1:
             mid = (task.start + task.stop) // 2
-            halves = [Task(task.unit, task.start, mid, True), Task(task.unit, mid, task.stop, True)]
+            again = self.attempts[task.key]
+            halves = [Task(task.unit, task.start, mid, True, again), Task(task.unit, mid, task.stop, True, again)]
             outstanding = self.pieces.setdefault(task.unit.index, set())
             outstanding.discard(task.key)
             outstanding.update(h.key for h in halves)

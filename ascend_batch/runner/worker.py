@@ -60,6 +60,7 @@ class WorkerConfig:
     decode_timeout: float
     backend_options: dict[str, Any] = field(default_factory=dict)
     streams: int = 1  # concurrent inference calls, for sessions that allow them (CPU onnxruntime)
+    gpu_decode: bool = True  # decode JPEGs on the device when the session offers a decoder (torch + CUDA)
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class Task:
     start: int
     stop: int
     piece: bool = False
+    attempt: int = 0  # earlier failed attempts; a retry runs without GPU decode
 
     @property
     def key(self) -> tuple[int, int, int]:
@@ -187,6 +189,7 @@ class _SessionOpener:
         self.announced = False
         self.infer_pool: cf.ThreadPoolExecutor | None = None
         self._buffers: collections.deque[np.ndarray] | None = None
+        self._gpu_decoder: Any = None
         self._thread: threading.Thread | None = None
         self._backend = None
         try:
@@ -223,6 +226,18 @@ class _SessionOpener:
         if self._buffers is None or self._buffers[0].shape != shape:
             self._buffers = collections.deque(np.empty(shape, dtype=pp.numpy_dtype) for _ in range(streams + 1))
         return self._buffers
+
+    @property
+    def device_decode(self) -> bool:
+        """Whether the backend may decode on the device (its sessions offer ``gpu_decoder``)."""
+        return bool(getattr(self._backend, "device_decode", False))
+
+    def gpu_decoder(self, session: Session, batch: int) -> Any:
+        """The session's device JPEG decoder (torch on CUDA), created once; None where there is none."""
+        if self._gpu_decoder is None:
+            make = getattr(session, "gpu_decoder", None)
+            self._gpu_decoder = (make(self.cfg.max_pixels, max_batch=batch) if make else None) or False
+        return self._gpu_decoder or None
 
     def drop_buffers(self) -> None:
         self._buffers = None
@@ -381,20 +396,19 @@ def run_task(
     stats = TaskStats(started=time.time())
     items = read_unit_items(listing, task.unit, task.start, task.stop)
     n = len(items)
+    results: list[Any] = [None] * n  # per position: (index, prob, w, h) or an error string
+    if cfg.gpu_decode and task.attempt == 0 and opener.device_decode:
+        session = _ready_session(opener, conn, stats)
+        decoder = opener.gpu_decoder(session, max(1, min(cfg.batch_size, session.max_batch)))
+        if decoder is not None:
+            _infer_gpu_decoded(cfg, session, decoder, items, reader, pool, results, stats, conn, state)
+            return _commit(cfg, task, items, results, stats)
     window = cfg.batch_size * max(1, cfg.prefetch) + cfg.decode_workers
     decoded = _decoded(cfg, items, reader, pool, window, stats)
     first = next(decoded, None)  # decoding is under way; now wait for the model if it is still loading
-    t0 = time.perf_counter()
-    session = opener.get()
-    stats.seconds["wait_model"] += time.perf_counter() - t0
-    if not opener.announced and conn is not None:
-        conn.send(("ready", session.max_batch))
-        opener.announced = True
+    session = _ready_session(opener, conn, stats)
     batch_cap = max(1, min(cfg.batch_size, session.max_batch))
     streams = opener.streams(session)
-    labels = cfg.model.labels
-    # per position: (index, prob, w, h) or an error string
-    results: list[Any] = [None] * n
     batch_pos: list[tuple[int, int, int]] = []
     buffers = opener.buffers(cfg.model.preprocess, batch_cap, streams)
     buffer = buffers.popleft()
@@ -450,7 +464,90 @@ def run_task(
         opener.drop_buffers()  # ownership is unclear after a failure: allocate afresh next time
         raise
     buffers.append(buffer)
+    return _commit(cfg, task, items, results, stats)
 
+
+def _ready_session(opener: _SessionOpener, conn: Connection | None, stats: TaskStats) -> Session:
+    """The session (waiting for it if it is still loading); tells the supervisor once that it is up."""
+    t0 = time.perf_counter()
+    session = opener.get()
+    stats.seconds["wait_model"] += time.perf_counter() - t0
+    if not opener.announced and conn is not None:
+        conn.send(("ready", session.max_batch))
+        opener.announced = True
+    return session
+
+
+def _infer_gpu_decoded(
+    cfg: WorkerConfig,
+    session: Session,
+    decoder: Any,
+    items: list[Item],
+    reader: ItemReader,
+    pool: _DecodePool,
+    results: list[Any],
+    stats: TaskStats,
+    conn: Connection | None,
+    state: _State | None,
+) -> None:
+    """The device-decode path (torch + CUDA): bytes of a batch -> decoder (nvJPEG, with CPU fallback
+    per file) -> tensor already on the device -> inference; one batch decodes while the previous
+    one infers."""
+    from ..backends.gpu_decode import prefetched
+
+    cap = max(1, min(cfg.batch_size, session.max_batch))
+
+    def batches() -> Iterator[tuple[list[int], list[bytes]]]:
+        positions: list[int] = []
+        datas: list[bytes] = []
+        for pos, item in enumerate(items):
+            t0 = time.perf_counter()
+            try:
+                datas.append(reader.read(item))
+                positions.append(pos)
+            except ImageError as exc:
+                results[pos] = f"{exc.kind}: {exc.message}"
+                stats.error(exc.kind)
+            finally:
+                stats.seconds["read"] += time.perf_counter() - t0
+            if len(positions) == cap:
+                yield positions, datas
+                positions, datas = [], []
+        if positions:
+            yield positions, datas
+
+    def cpu_decode(datas: list[bytes]) -> list[Decoded | ImageError]:
+        timed = list(pool.pool.map(lambda d: _timed_decode(d, cfg), datas))
+        stats.seconds["decode"] += sum(sec for _, sec in timed)
+        return [r for r, _ in timed]
+
+    t0 = time.perf_counter()
+    for positions, gb in prefetched(decoder, batches(), cpu_decode):
+        stats.seconds["wait_decode"] += time.perf_counter() - t0
+        if state is not None and state.stop.is_set():
+            raise _Abandon()
+        for j, res in enumerate(gb.results):
+            if isinstance(res, ImageError):
+                results[positions[j]] = f"{res.kind}: {res.message}"
+                stats.error(res.kind)
+        if gb.rows:
+            t1 = time.perf_counter()
+            logits = session.submit_tensor(gb.tensor, gb.ready).result()  # type: ignore[attr-defined]
+            stats.seconds["infer"] += time.perf_counter() - t1
+            idx, prob = topk(logits)
+            for k, j in enumerate(gb.rows):
+                size = gb.results[j]
+                assert not isinstance(size, ImageError)  # rows are the inputs that decoded
+                results[positions[j]] = (idx[k], prob[k], size[0], size[1])
+            stats.batches += 1
+        if conn is not None:
+            conn.send(("progress", len(gb.rows)))
+        t0 = time.perf_counter()
+
+
+def _commit(cfg: WorkerConfig, task: Task, items: list[Item], results: list[Any], stats: TaskStats) -> TaskStats:
+    """Rows in listing order -> one atomically committed file (the unit's part, or a piece)."""
+    labels = cfg.model.labels
     t0 = time.perf_counter()
     rows = RowBuffer(cfg.model.name, cfg.backend, str(cfg.device), cfg.run_id)
     now_ms = int(time.time() * 1000)
@@ -461,7 +558,7 @@ def run_task(
             idx, prob, w, h = res
             rows.add_ok(item.id, item.source, task.unit.index, now_ms, item.size, item.mtime, w, h, idx, prob, labels)
             stats.ok += 1
-    stats.images = n
+    stats.images = len(items)
     stats.finished = time.time()
     stats.seconds["write"] += time.perf_counter() - t0  # rows built; the commit is added below
     t0 = time.perf_counter()
