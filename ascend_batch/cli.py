@@ -112,7 +112,7 @@ def run(
         threshold = max_error_fraction if max_error_fraction is not None else m.job.max_error_fraction
         bar = not no_progress and sys.stdout.isatty() and sys.stderr.isatty()
         report = run_job(m, restart_job=restart, shard=_parse_shard(shard), progress_bar=bar, log_interval=log_interval)
-    except (AscendBatchError, Exception) as exc:
+    except Exception as exc:
         _fail(exc)
     st = report.status
     scope = f"shard {report.shard[0]}/{report.shard[1]}" if report.shard else "job"

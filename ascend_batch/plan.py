@@ -69,10 +69,6 @@ def shard_units(units: Sequence[Unit], shard: int, shards: int) -> list[Unit]:
     return [u for u in units if u.index % shards == shard]
 
 
-def _item_offset(item: Item) -> int:
-    return int(getattr(item, "offset", -1))
-
-
 def write_snapshot(items: Iterable[Item], path: Path, unit_size: int) -> Snapshot:
     """Write the listing in row groups of ``unit_size`` to ``path`` (atomically, exclusive:
     if another process wrote it first, its snapshot wins and is returned)."""
@@ -88,7 +84,7 @@ def write_snapshot(items: Iterable[Item], path: Path, unit_size: int) -> Snapsho
                 cols["kind"].append(item.kind)
                 cols["path"].append(os.fsencode(item.path))
                 cols["member"].append(None if item.member is None else os.fsencode(item.member))
-                cols["offset"].append(_item_offset(item))
+                cols["offset"].append(item.offset)
                 cols["size"].append(item.size)
                 cols["mtime"].append(item.mtime)
                 cols["error"].append(item.error)
@@ -134,21 +130,18 @@ def read_unit_items(
 
 
 def _items(rows: list[dict]) -> Iterator[Item]:
-    fields = set(Item.__dataclass_fields__)
     for r in rows:
-        kwargs = {
-            "id": r["image_id"],
-            "source": r["source"],
-            "kind": r["kind"],
-            "path": os.fsdecode(r["path"]),
-            "member": None if r["member"] is None else os.fsdecode(r["member"]),
-            "size": r["size"],
-            "mtime": r["mtime"],
-            "error": r["error"],
-        }
-        if "offset" in fields:
-            kwargs["offset"] = r["offset"]
-        yield Item(**kwargs)
+        yield Item(
+            id=r["image_id"],
+            source=r["source"],
+            kind=r["kind"],
+            path=os.fsdecode(r["path"]),
+            member=None if r["member"] is None else os.fsdecode(r["member"]),
+            size=r["size"],
+            mtime=r["mtime"],
+            error=r["error"],
+            offset=r["offset"],
+        )
 
 
 def fsync_dir(path: Path) -> None:

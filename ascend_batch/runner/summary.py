@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from ..errors import IncompatibleOutputError
 from .outdir import read_job
-from .writer import PART_RE, part_stats
+from .writer import PART_RE, part_stats, sum_into
 
 
 @dataclass
@@ -87,8 +87,7 @@ def job_status(out: Path, *, stages: bool = True) -> JobStatus:
             devices[dev] += count
         commits.append((mtime, n))
         if stages:
-            for k, v in part_stats(path).get("seconds", {}).items():
-                st.seconds[k] = st.seconds.get(k, 0.0) + v
+            sum_into(st.seconds, part_stats(table).get("seconds", {}))
     st.error_kinds = dict(kinds)
     st.per_device = dict(devices)
     if commits:

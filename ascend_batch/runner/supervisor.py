@@ -11,7 +11,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import json
 import multiprocessing as mp
 import signal
 import threading
@@ -29,7 +28,7 @@ from ..errors import StartupError
 from ..plan import Unit, read_unit_items
 from .progress import Progress
 from .worker import PIECES_DIR, Task, WorkerConfig, piece_name, worker_main
-from .writer import RowBuffer, commit_table, part_name
+from .writer import RowBuffer, commit_table, part_name, part_stats, sum_into
 
 _SIGNAL_NAMES = {-s.value: s.name for s in signal.Signals}
 
@@ -198,10 +197,8 @@ class Supervisor:
         o.ok += stats["ok"]
         o.errors += stats["errors"]
         o.per_device[device] = o.per_device.get(device, 0) + stats["images"]
-        for k, v in stats["seconds"].items():
-            o.seconds[k] = o.seconds.get(k, 0.0) + v
-        for k, v in stats["error_kinds"].items():
-            o.error_kinds[k] = o.error_kinds.get(k, 0) + v
+        sum_into(o.seconds, stats["seconds"])
+        sum_into(o.error_kinds, stats["error_kinds"])
         # images that errored before a batch reached the device are not in the progress feed
         self.progress.advance(device, stats["images"] - stats["ok"])
         if task.piece:
@@ -378,15 +375,12 @@ def merge_pieces(out: Path, unit: Unit) -> bool:
     files = sorted(p for p in pieces_dir.glob(f"{prefix}*.parquet"))
     tables = [pq.read_table(p) for p in files]
     stats: dict = {"images": 0, "ok": 0, "errors": 0, "error_kinds": {}, "seconds": {}, "bisected": True}
-    for p in files:
-        s = pq.read_schema(p).metadata or {}
-        part = json.loads(s.get(b"ascend_batch.stats", b"{}"))
+    for t in tables:
+        part = part_stats(t)
         for k in ("images", "ok", "errors"):
             stats[k] += part.get(k, 0)
-        for k, v in part.get("error_kinds", {}).items():
-            stats["error_kinds"][k] = stats["error_kinds"].get(k, 0) + v
-        for k, v in part.get("seconds", {}).items():
-            stats["seconds"][k] = stats["seconds"].get(k, 0.0) + v
+        sum_into(stats["error_kinds"], part.get("error_kinds", {}))
+        sum_into(stats["seconds"], part.get("seconds", {}))
     table = pa.concat_tables([t.replace_schema_metadata(None) for t in tables])
     committed = commit_table(out, part_name(unit.index), table, stats)
     for p in files:

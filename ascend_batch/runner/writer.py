@@ -140,10 +140,6 @@ def topk(logits: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
     return idx.astype(np.int16), p.astype(np.float32)
 
 
-def temp_name(out: Path, unit: int, tag: str = "") -> Path:
-    return out / f".tmp-{part_name(unit)}{tag}.{socket.gethostname()}.{os.getpid()}"
-
-
 def commit_table(out: Path, name: str, table: pa.Table, stats: dict | None = None, tag: str = "") -> bool:
     """Write ``table`` to ``out/name`` atomically; False if that name was already committed."""
     final = out / name
@@ -183,8 +179,14 @@ def committed_units(out: Path) -> set[int]:
     return done
 
 
-def part_stats(path: Path) -> dict:
-    """The per-unit statistics stored in a part file's footer."""
-    meta = pq.read_schema(path).metadata or {}
-    raw = meta.get(STATS_KEY)
+def part_stats(table: pa.Table) -> dict:
+    """The per-unit statistics stored in a part file's footer (kept in the schema of a table read
+    from it, whichever columns were read)."""
+    raw = (table.schema.metadata or {}).get(STATS_KEY)
     return json.loads(raw) if raw else {}
+
+
+def sum_into(total: dict, part: dict) -> None:
+    """Add the numbers of ``part`` into ``total`` key by key (stage seconds, error kinds)."""
+    for k, v in part.items():
+        total[k] = total.get(k, 0) + v
