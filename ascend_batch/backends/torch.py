@@ -26,7 +26,7 @@ import contextlib
 import os
 import threading
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -408,7 +408,7 @@ class TorchSession:
                 raise BackendError(f"device {self.device}: torch inference failed: {_first_line(exc)}") from exc
             return Pending(self, n, None, logits)
         slot = self._acquire()
-        try:
+        with self._freed_on_error(slot):
             slot.done.synchronize()  # the slot's previous batch is fully out of both buffers
             m = self.max_batch if self._pad else n
             slot.host_in[:n].copy_(torch.from_numpy(np.ascontiguousarray(batch, dtype=self._np_dtype)))
@@ -418,12 +418,6 @@ class TorchSession:
                 slot.dev_in[:m].copy_(slot.host_in[:m], non_blocking=True)
                 slot.copied.record(self._copy_stream)
             self._compute(slot, slot.dev_in[:m], slot.copied)
-        except BackendError:
-            slot.busy = False
-            raise
-        except RuntimeError as exc:
-            slot.busy = False
-            raise _cuda_error(self.device, exc) from exc
         return Pending(self, n, slot, None)
 
     def submit_tensor(self, x: torch.Tensor, ready: Any = None) -> Pending:
@@ -437,7 +431,7 @@ class TorchSession:
         if x.device != self.tdevice:
             raise BackendError(f"device {self.device}: the batch is on {x.device}")
         slot = self._acquire()
-        try:
+        with self._freed_on_error(slot):
             slot.done.synchronize()
             x.record_stream(self._compute_stream)  # x comes from the decoder stream's memory pool
             if self._pad and n < self.max_batch:
@@ -448,13 +442,19 @@ class TorchSession:
                     slot.dev_in[n:].zero_()
                 x, ready = slot.dev_in, None
             self._compute(slot, x, ready)
+        return Pending(self, n, slot, None)
+
+    @contextlib.contextmanager
+    def _freed_on_error(self, slot: _Slot) -> Iterator[None]:
+        """Give ``slot`` back if starting its batch fails; CUDA errors become a BackendError."""
+        try:
+            yield
         except BackendError:
             slot.busy = False
             raise
         except RuntimeError as exc:
             slot.busy = False
             raise _cuda_error(self.device, exc) from exc
-        return Pending(self, n, slot, None)
 
     def _acquire(self) -> _Slot:
         with self._lock:
