@@ -261,10 +261,10 @@ def bench(
     images: Annotated[Path, typer.Argument(help="A folder (or archive, list file) of images.")],
     backend: Annotated[str, typer.Option(help="onnxruntime | acl | torch")] = "onnxruntime",
     devices: Annotated[str, typer.Option(help="Devices for the runner, comma separated.")] = "cpu:0",
-    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Default: the runner's (runtime.batch_size).")] = None,
     repeats: Annotated[int, typer.Option(min=1, help="Repeats; medians are reported.")] = 3,
     model_path: Annotated[Path | None, typer.Option(help="A model file instead of the default model.")] = None,
-    unit_size: Annotated[int, typer.Option(min=1)] = 100,
+    unit_size: Annotated[int | None, typer.Option(min=1, help="Default: the runner's (runtime.unit_size).")] = None,
     limit: Annotated[int | None, typer.Option(help="Use only the first N images.")] = None,
     scaling: Annotated[
         str | None, typer.Option(help="Also measure the runner with these CPU worker counts, e.g. '1,2'.")

@@ -29,3 +29,13 @@ class CrashyBackend(OnnxBackend):
 
     def open(self, device, model, *, batch_size, threads):  # type: ignore[no-untyped-def]
         return CrashySession(device, model, batch_size=batch_size, threads=threads)
+
+
+class DiesOnOpenBackend(OnnxBackend):
+    """The worker process dies while opening its session, before it can report anything (as a
+    runtime that aborts in its initialisation would)."""
+
+    name = "dies-on-open"
+
+    def open(self, device, model, *, batch_size, threads):  # type: ignore[no-untyped-def]
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -117,3 +117,21 @@ def test_fingerprint_ignores_runtime_knobs(tmp_path: Path, images: Path) -> None
     b = load_manifest(write(tmp_path, GOOD.replace("batch_size = 8", "batch_size = 16")))
     c = load_manifest(write(tmp_path, GOOD.replace("[runtime]", "[model]\nresize = 300\n[runtime]")))
     assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+
+
+@pytest.mark.parametrize(
+    ("runtime", "want"),
+    [
+        ('devices = ["cpu:0"]', 8),  # CPU default (README, Performance)
+        ('devices = ["cpu:0", "cpu:1"]', 8),
+        ('devices = ["cuda:0"]', 32),
+        ('backend = "acl"\ndevices = [0]', 32),
+        ('devices = ["cpu:0"]\nbatch_size = 64', 64),  # an explicit value always wins
+    ],
+)
+def test_default_batch_size_depends_on_the_devices(tmp_path: Path, images: Path, runtime: str, want: int) -> None:
+    body = f'[job]\nname = "n"\noutput = "out"\n[dataset]\npaths = ["imgs"]\n[runtime]\n{runtime}\n'
+    if "acl" in runtime:
+        (tmp_path / "m.om").write_bytes(b"om")
+        body += '[model]\npath = "m.om"\n'
+    assert load_manifest(write(tmp_path, body)).runtime.batch_size == want

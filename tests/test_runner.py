@@ -192,6 +192,16 @@ def test_poison_image_is_bisected_to_one_error_row(tmp_path: Path) -> None:
     assert not (tmp_path / "out" / "_pieces").exists() or not list((tmp_path / "out" / "_pieces").iterdir())
 
 
+def test_worker_that_dies_while_starting_is_given_up_after_retries(tmp_path: Path) -> None:
+    make_images(tmp_path / "imgs", 4, seed=3)
+    m = tiny_manifest(tmp_path, tmp_path / "imgs", devices='["cpu:0"]', extra_runtime="max_retries = 2")
+    m.write_text(m.read_text().replace('backend = "onnxruntime"', 'backend = "crashy_backend:DiesOnOpenBackend"'))
+    r = cli("run", m, "--no-progress", env={"PYTHONPATH": f"{TESTS}{os.pathsep}{REPO}"}, timeout=120)
+    assert r.returncode == 3, r.stderr
+    assert "giving up on device cpu:0: worker killed by SIGKILL while starting" in r.stderr
+    assert not (tmp_path / "out" / "_SUCCESS").exists()
+
+
 def test_sigterm_interrupts_resumably(reference: tuple[Path, pd.DataFrame], tmp_path: Path) -> None:
     images, _ = reference
     m = tiny_manifest(tmp_path, images, devices='["cpu:0"]', unit_size=5)

@@ -16,14 +16,15 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import StartupError
 from .torch_pickle import load_legacy_state_dict
+
+if TYPE_CHECKING:  # onnx is imported where a graph is built: a cached model needs none of it (0.1 s)
+    import onnx
 
 MODEL_NAME = "efficientnet_lite0"
 INPUT_NAME = "input"
@@ -141,6 +142,8 @@ class _Graph:
     """Accumulates nodes and initializers; names follow the PyTorch module names."""
 
     def __init__(self, sd: dict[str, np.ndarray]) -> None:
+        from onnx import numpy_helper
+
         self.sd = sd
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = [
@@ -149,6 +152,8 @@ class _Graph:
         ]
 
     def const(self, name: str, value: np.ndarray) -> str:
+        from onnx import numpy_helper
+
         self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(value, dtype=np.float32), name))
         return name
 
@@ -162,6 +167,8 @@ class _Graph:
             raise ValueError(f"{conv!r} has shape {w.shape}: not a depthwise convolution")
         group = out_ch if depthwise else 1
         y = f"{conv}.out"
+        from onnx import helper
+
         self.nodes.append(
             helper.make_node(
                 "Conv",
@@ -178,11 +185,16 @@ class _Graph:
 
     def op(self, op_type: str, inputs: list[str], name: str, **attrs: Any) -> str:
         """One node whose node name and single output name are both ``name``."""
+        from onnx import helper
+
         self.nodes.append(helper.make_node(op_type, inputs, [name], name=name, **attrs))
         return name
 
     def model(self, output: str, out_shape: list[str | int], graph_name: str) -> onnx.ModelProto:
         """A checked model from the accumulated graph, input ``input`` [N, 3, 224, 224]."""
+        import onnx
+        from onnx import TensorProto, helper
+
         graph = helper.make_graph(
             self.nodes,
             graph_name,
@@ -343,17 +355,18 @@ def _rebuild(weights: Path, onnx_path: Path, weights_sha: str) -> None:
     _atomic_write(_sidecar(onnx_path), (json.dumps(meta, indent=1) + "\n").encode("utf-8"))
 
 
-def ensure_onnx(weights: Path | None = None, cache_dir: Path | None = None) -> Path:
+def ensure_onnx(weights: Path | None = None, cache_dir: Path | None = None, weights_sha: str | None = None) -> Path:
     """The ONNX model for ``weights`` (default: the packaged ones), converted once and cached.
 
     The cache file is ``efficientnet_lite0-<sha256[:16] of the weights>.onnx`` with a ``.json`` sidecar
     holding its own sha256; a missing, truncated or otherwise corrupt file is rebuilt. Concurrent callers
     are serialised by a lock file and files are replaced atomically, so readers never see partial files.
+    ``weights_sha`` is the weights' sha256 when the caller has already computed it.
     """
     weights = Path(weights) if weights is not None else default_weights_path()
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     try:
-        weights_sha = _sha256(weights)
+        weights_sha = weights_sha or _sha256(weights)
     except OSError as exc:
         raise StartupError(f"[model.weights] cannot read {weights}: {exc}") from exc
     onnx_path = cache / f"{MODEL_NAME}-{weights_sha[:16]}.onnx"

@@ -16,13 +16,18 @@ LITE0_PREPROCESS = Preprocess(size=224, resize=256, mean=(127.0,) * 3, std=(128.
 TORCHVISION_PREPROCESS = Preprocess(size=224, resize=256, mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375))
 
 
-def file_identity(path: Path, chunk: int = 1 << 20) -> str:
-    """sha256 of a file's content, first 16 hex digits."""
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's content (hex)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
-    return h.hexdigest()[:16]
+    return h.hexdigest()
+
+
+def file_identity(path: Path) -> str:
+    """sha256 of a file's content, first 16 hex digits."""
+    return file_sha256(path)[:16]
 
 
 def _preprocess(cfg: ModelConfig, default: Preprocess) -> Preprocess:
@@ -78,11 +83,12 @@ def _builtin(cfg: ModelConfig, backend: str, build: bool) -> ModelSpec:
 
     weights = cfg.weights or lite0.default_weights_path()
     pp = _preprocess(cfg, LITE0_PREPROCESS)
-    identity = f"{name}-{file_identity(weights)}"
+    sha = file_sha256(weights)
+    identity = f"{name}-{sha[:16]}"
     labels = _labels(cfg, imagenet_labels())
     if backend == "torch":
         return ModelSpec(name, weights, "state-dict", pp, labels, identity, arch=name, weights=weights)
     if backend == "acl":
         raise StartupError("[model.path] the acl backend needs an .om model file (see the README: ATC conversion)")
-    path = lite0.ensure_onnx(weights) if build else weights
+    path = lite0.ensure_onnx(weights, weights_sha=sha) if build else weights
     return ModelSpec(name, path, "onnx", pp, labels, identity, arch=name, weights=weights)

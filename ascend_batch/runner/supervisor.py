@@ -66,6 +66,7 @@ class _Worker:
     task: Task | None = None
     stopping: bool = False  # being shut down: not replaced
     retired: bool = False  # reported a failure and is exiting: no new tasks, replaced when reaped
+    reported_fatal: bool = False  # said why it could not start (counted in startup_failures)
 
 
 @dataclass
@@ -188,6 +189,7 @@ class Supervisor:
             if task is not None:
                 self._task_failed(task, msg[2], str(w.device))
         elif kind == "fatal":
+            w.reported_fatal = True
             self.startup_failures[w.device].append(msg[1])
             self.progress.log(f"worker {w.device} failed to start: {msg[1]}")
 
@@ -288,16 +290,13 @@ class Supervisor:
             w.task = None
         elif w.task is not None:
             self._crashed(w)
-        if not w.ready and self.startup_failures.get(w.device) is not None:
+        if not w.ready and not w.stopping:
+            if not w.reported_fatal:  # died without a word: count the death itself
+                self.startup_failures[w.device].append(f"worker {death_message(w.process.exitcode)} while starting")
             failures = self.startup_failures[w.device]
             if len(failures) > self.max_retries:
                 self.dead_devices.add(w.device)
                 self.progress.log(f"giving up on device {w.device}: {failures[-1]}")
-                return
-        elif not w.ready and not w.stopping:
-            self.startup_failures[w.device].append(f"worker {death_message(w.process.exitcode)} while starting")
-            if len(self.startup_failures[w.device]) > self.max_retries:
-                self.dead_devices.add(w.device)
                 return
         if not w.stopping and self.stop_mode is None and (self.queue or self._busy()):
             self._start(w.device)
