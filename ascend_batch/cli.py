@@ -264,6 +264,9 @@ def bench(
     batch_size: Annotated[int | None, typer.Option(min=1, help="Default: the runner's (runtime.batch_size).")] = None,
     repeats: Annotated[int, typer.Option(min=1, help="Repeats; medians are reported.")] = 3,
     model_path: Annotated[Path | None, typer.Option(help="A model file instead of the default model.")] = None,
+    arch: Annotated[
+        str | None, typer.Option(help="torch: architecture of a state-dict --model-path (model.arch), e.g. resnet50.")
+    ] = None,
     unit_size: Annotated[int | None, typer.Option(min=1, help="Default: the runner's (runtime.unit_size).")] = None,
     limit: Annotated[int | None, typer.Option(help="Use only the first N images.")] = None,
     scaling: Annotated[
@@ -276,7 +279,11 @@ def bench(
     """Seed-style loop vs batched script vs inference ceiling vs the runner, same images and model."""
     from .bench import format_report, run_bench, run_scaling, write_chart
 
+    if arch and not model_path:
+        raise typer.BadParameter("needs --model-path (the weights file)", param_hint="--arch")
     model = {"path": str(model_path.resolve())} if model_path else None
+    if model is not None and arch:
+        model["arch"] = arch
     try:
         report = run_bench(
             images.resolve(),

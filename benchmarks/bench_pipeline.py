@@ -1,6 +1,6 @@
 """The pipeline benchmark as a script: same as `ascend-batch bench` (all its options).
 
-    python benchmarks/bench_pipeline.py ../shared/data/imagenet-sample --repeats 3 --scaling 1,2
+python benchmarks/bench_pipeline.py ../shared/data/imagenet-sample --repeats 3 --scaling 1,2
 """
 
 from __future__ import annotations

@@ -38,7 +38,8 @@ def child(list_file: Path, out: Path, unit_size: int) -> None:
     seconds = time.perf_counter() - t0
     units = info.snapshot.units
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"planned {info.snapshot.n_items} items into {len(units)} units in {seconds:.1f} s; peak RSS {peak_mb:.0f} MB")
+    n = info.snapshot.n_items
+    print(f"planned {n} items into {len(units)} units in {seconds:.1f} s; peak RSS {peak_mb:.0f} MB")
     print(f"goal: < 30 s ({'met' if seconds < 30 else 'NOT met'}), < 500 MB ({'met' if peak_mb < 500 else 'NOT met'})")
 
 
@@ -68,8 +69,9 @@ def main() -> None:
         list_file.write_text("\n".join(lines) + "\n")
         print(f"list file: {args.items} entries ({'files exist' if args.create_files else 'files absent'})")
         # a fresh process, so peak RSS is the planner's alone
-        subprocess.run([sys.executable, __file__, "--child", str(list_file), str(root / "out"), str(args.unit_size)],
-                       check=True)
+        subprocess.run(
+            [sys.executable, __file__, "--child", str(list_file), str(root / "out"), str(args.unit_size)], check=True
+        )
 
 
 if __name__ == "__main__":

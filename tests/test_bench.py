@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from helpers import cli, make_images, tiny_onnx
 
 
@@ -42,3 +43,22 @@ def test_bench_reports_four_paths_and_ratios(tmp_path: Path) -> None:
     assert abs(data["ratios"]["d/c"] - rates["d_runner"] / rates["c_inference_ceiling"]) < 0.01
     assert set(data["scaling"]["img_per_s"]) == {"1", "2"}
     assert "d/a" in r.stdout and "scaling:" in r.stdout
+
+
+def test_bench_torch_state_dict_with_arch(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from ascend_batch.models.efficientnet_lite0 import default_weights_path
+
+    make_images(tmp_path / "imgs", 6)
+    out = tmp_path / "bench.json"
+    args = ["--backend", "torch", "--arch", "efficientnet_lite0", "--model-path", default_weights_path()]
+    r = cli("bench", tmp_path / "imgs", *args, "--repeats", "1", "--json", out, "--no-chart", timeout=300)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(out.read_text())
+    assert data["backend"] == "torch" and data["images"] == 6
+    assert all(v["median"] > 0 for v in data["img_per_s"].values())
+
+
+def test_bench_arch_needs_a_model_path(tmp_path: Path) -> None:
+    r = cli("bench", tmp_path, "--arch", "resnet50")
+    assert r.returncode == 2 and "--model-path" in r.stderr
