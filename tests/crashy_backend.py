@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import numpy as np
 
@@ -39,3 +40,18 @@ class DiesOnOpenBackend(OnnxBackend):
 
     def open(self, device, model, *, batch_size, threads):  # type: ignore[no-untyped-def]
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SlowSession(OnnxSession):
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        time.sleep(0.1)
+        return super().infer(batch)
+
+
+class SlowBackend(OnnxBackend):
+    """onnxruntime with 0.1 s more per batch: a run that is certainly still going a moment later."""
+
+    name = "slow"
+
+    def open(self, device, model, *, batch_size, threads):  # type: ignore[no-untyped-def]
+        return SlowSession(device, model, batch_size=batch_size, threads=threads)
