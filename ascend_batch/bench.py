@@ -7,10 +7,11 @@ model, one invocation.
 (d) the runner end to end, to committed Parquet (process start and model load included).
 
 (a) and (b) preprocess as a plain script does (:func:`plain_preprocess`: PIL decode, resize,
-crop, numpy arithmetic), the same tensors as the runner's up to float rounding. The runner's own
-decoding is faster (crop-aware resize, normalising into the batch buffer); so that the ratios do
-not hide where the gain comes from, (b) is also timed with the runner's decode
-(``b_batched_runner_decode``, reported, not used in the ratios).
+crop, numpy arithmetic): the runner's tensors to one grey level, except for images at least twice
+the needed size, which the runner decodes in JPEG draft mode. The runner's own decoding is faster
+(crop-aware resize, normalising into the batch buffer); so that the ratios do not hide where the
+gain comes from, (b) is also timed with the runner's decode (``b_batched_runner_decode``, reported,
+not used in the ratios).
 
 Each is repeated; medians are reported with the ratios d/a, d/b, d/c.
 """

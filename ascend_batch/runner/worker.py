@@ -445,7 +445,7 @@ def run_task(
             return _commit(cfg, task, items, results, stats)
     window = cfg.batch_size * max(1, cfg.prefetch) + cfg.decode_workers
     decoded = _decoded(cfg, items, reader, pool, window, stats)
-    first = next(decoded, None)
+    first = next(decoded, None)  # decoding is under way; now wait for the model if it is still loading
     session = _ready_session(opener, conn, stats)
     batch_cap = max(1, min(cfg.batch_size, session.max_batch))
     streams = opener.streams(session)
