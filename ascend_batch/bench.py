@@ -231,6 +231,12 @@ def run_bench(
             "d/b": round(med["d_runner"] / med["b_batched_script"], 3),
             "d/c": round(med["d_runner"] / med["c_inference_ceiling"], 3),
         },
+        # the same ratios within each repeat, where the paths ran back to back: less exposed to the
+        # machine's speed drifting between repeats
+        "ratios_per_repeat": {
+            name: [round(d / x, 3) for d, x in zip(results["d_runner"].rates, results[key].rates, strict=True)]
+            for name, key in (("d/a", "a_seed_loop"), ("d/b", "b_batched_script"), ("d/c", "c_inference_ceiling"))
+        },
         "runner_last_summary": {"stage_seconds": summary.get("stage_seconds"), "run": summary.get("run")},
         "labels": {k: r.name for k, r in results.items()},
     }
@@ -307,4 +313,8 @@ def format_report(report: dict) -> str:
         lines.append(f"{report['labels'][k]:44s} {v['median']:15.1f}")
     r = report["ratios"]
     lines.append(f"ratios: d/a = {r['d/a']:.2f}   d/b = {r['d/b']:.2f}   d/c = {r['d/c']:.2f}")
+    per = report.get("ratios_per_repeat")
+    if per and len(per["d/c"]) > 1:
+        spans = "   ".join(f"{k} {min(v):.2f}..{max(v):.2f}" for k, v in per.items())
+        lines.append(f"within each repeat: {spans}")
     return "\n".join(lines)

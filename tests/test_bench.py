@@ -41,6 +41,9 @@ def test_bench_reports_four_paths_and_ratios(tmp_path: Path) -> None:
     assert data["batch_size"] == 8 and data["ratios"]["d/b"] == round(rates["d_runner"] / rates["b_batched_script"], 3)
     assert all(v > 0 for v in rates.values())
     assert abs(data["ratios"]["d/c"] - rates["d_runner"] / rates["c_inference_ceiling"]) < 0.01
+    (d,) = data["img_per_s"]["d_runner"]["all"]
+    (c,) = data["img_per_s"]["c_inference_ceiling"]["all"]
+    assert data["ratios_per_repeat"]["d/c"] == [round(d / c, 3)]
     assert set(data["scaling"]["img_per_s"]) == {"1", "2"}
     assert "d/a" in r.stdout and "scaling:" in r.stdout
 
