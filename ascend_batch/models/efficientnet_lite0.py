@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import StartupError
+from .spec import file_sha256
 from .torch_pickle import load_legacy_state_dict
 
 if TYPE_CHECKING:  # onnx is imported where a graph is built: a cached model needs none of it (0.1 s)
@@ -256,14 +257,6 @@ def build_onnx(state_dict: dict[str, np.ndarray]) -> onnx.ModelProto:
 # --------------------------------------------------------------------------- files and cache
 
 
-def _sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -321,7 +314,7 @@ def _cache_valid(onnx_path: Path, weights_sha: str) -> bool:
             isinstance(meta, dict)
             and meta.get("converter_version") == CONVERTER_VERSION
             and meta.get("weights_sha256") == weights_sha
-            and meta.get("onnx_sha256") == _sha256(onnx_path)
+            and meta.get("onnx_sha256") == file_sha256(onnx_path)
         )
     except (OSError, ValueError):
         return False
@@ -366,7 +359,7 @@ def ensure_onnx(weights: Path | None = None, cache_dir: Path | None = None, weig
     weights = Path(weights) if weights is not None else default_weights_path()
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     try:
-        weights_sha = weights_sha or _sha256(weights)
+        weights_sha = weights_sha or file_sha256(weights)
     except OSError as exc:
         raise StartupError(f"[model.weights] cannot read {weights}: {exc}") from exc
     onnx_path = cache / f"{MODEL_NAME}-{weights_sha[:16]}.onnx"

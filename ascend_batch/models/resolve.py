@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from ..errors import StartupError
 from ..manifest import ModelConfig
 from ..preprocess import Preprocess
-from .spec import ModelSpec, imagenet_labels, load_labels
+from .spec import ModelSpec, file_sha256, imagenet_labels, load_labels
 
 # the default model's preprocessing: resize 256 (224/0.875) bilinear, crop 224, (x-127)/128
 LITE0_PREPROCESS = Preprocess(size=224, resize=256, mean=(127.0,) * 3, std=(128.0,) * 3)
 
 TORCHVISION_PREPROCESS = Preprocess(size=224, resize=256, mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375))
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """sha256 of a file's content (hex)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def file_identity(path: Path) -> str:

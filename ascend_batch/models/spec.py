@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -10,6 +11,15 @@ from pathlib import Path
 from ..preprocess import Preprocess
 
 MODEL_FORMATS = ("onnx", "om", "torchscript", "torch-export", "state-dict")
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's content (hex): model identities and the converted-model cache."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 @dataclass(frozen=True)
