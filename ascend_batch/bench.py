@@ -157,17 +157,18 @@ def run_bench(
                     topk(session.infer(x))
                 return n
 
-            def batched_script() -> int:
-                for i in range(0, n, cap):
-                    batch = np.stack([plain_preprocess(b, pp) for b in blobs[i : i + cap]])
-                    topk(session.infer(batch))
-                return n
+            def batched(prep: Callable[[bytes], np.ndarray]) -> Callable[[], int]:
+                """(b): decode a batch in this thread with ``prep``, then infer it."""
 
-            def batched_runner_decode() -> int:
-                for i in range(0, n, cap):
-                    batch = np.stack([decode(b, pp).array for b in blobs[i : i + cap]])
-                    topk(session.infer(batch))
-                return n
+                def run() -> int:
+                    for i in range(0, n, cap):
+                        topk(session.infer(np.stack([prep(b) for b in blobs[i : i + cap]])))
+                    return n
+
+                return run
+
+            batched_script = batched(lambda b: plain_preprocess(b, pp))
+            batched_runner_decode = batched(lambda b: decode(b, pp).array)
 
             tensors = np.stack([decode(b, pp).array for b in blobs])
 
