@@ -94,7 +94,10 @@ def run(
 
     install_early_drain()  # a Slurm warning signal during start-up must not kill us
     from .manifest import load_manifest, parse_manifest
+    from .pyarrow_lean import skip_pandas_check
     from .runner.job import run_job
+
+    skip_pandas_check()  # this command never uses pandas: its import would delay the start of every run
 
     try:
         m = load_manifest(manifest)

@@ -683,7 +683,11 @@ class ItemReader:
                         "too-large",
                         f"{item.path} is {size} bytes, over the limit of {limit} (dataset.max_member_bytes)",
                     )
-                data = f.read(limit + 1)
+                # sized by fstat: read(limit + 1) would allocate the whole limit (256 MiB by default)
+                # for every file and shrink it afterwards, which costs more than the read
+                data = f.read(size + 1)
+                if len(data) > size:  # it grew since fstat: read on, never past the limit
+                    data += f.read(limit + 1 - len(data))
         except OSError as exc:
             raise ImageError("read", _oserror(exc, item.path)) from None
         if len(data) > limit:

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..backends.base import Device, Session, get_backend
@@ -33,6 +32,7 @@ from ..errors import AscendBatchError, ImageError
 from ..models.spec import ModelSpec
 from ..plan import Unit, read_unit_items
 from ..preprocess import Decoded, Pixels, Preprocess, decode, decode_pixels, normalise_into
+from ..pyarrow_lean import skip_pandas_check
 from ..sources import Item, ItemReader
 from .writer import RowBuffer, commit_table, part_name, topk
 
@@ -158,7 +158,7 @@ def worker_main(cfg: WorkerConfig, conn: Connection) -> None:
     if hasattr(signal, "SIGUSR1"):
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
-    _pyarrow_without_pandas()
+    skip_pandas_check()  # a worker never hands pyarrow a pandas object
     opener = _SessionOpener(cfg)
     code = 0
     try:
@@ -179,30 +179,6 @@ def worker_main(cfg: WorkerConfig, conn: Connection) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
-
-
-def _pyarrow_without_pandas() -> None:
-    """pyarrow imports pandas at its first array, only to check whether the input is a pandas object
-    (a worker never hands it one). That import costs about 0.25 s of CPU, taken from decoding on a
-    small machine. Let that one check find no pandas; pyarrow remembers the answer for such checks,
-    and an explicit ``import pandas`` later (a plugin's) still works."""
-    if "pandas" in sys.modules:
-        return
-    finder = _NoPandas()
-    sys.meta_path.insert(0, finder)
-    try:
-        pa.array([0])
-    finally:
-        sys.meta_path.remove(finder)
-
-
-class _NoPandas:
-    """An import finder under which ``import pandas`` fails."""
-
-    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
-        if name == "pandas" or name.startswith("pandas."):
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-        return None
 
 
 class _StartupFailed(Exception):
