@@ -281,7 +281,9 @@ def bench(
 ) -> None:
     """Seed-style loop vs batched script vs inference ceiling vs the runner, same images and model."""
     from .bench import format_report, run_bench, run_scaling, write_chart
+    from .pyarrow_lean import skip_pandas_check
 
+    skip_pandas_check()  # as `run` does: the runner's start is timed as a user's run would see it
     if arch and not model_path:
         raise typer.BadParameter("needs --model-path (the weights file)", param_hint="--arch")
     model = {"path": str(model_path.resolve())} if model_path else None

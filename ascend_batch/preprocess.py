@@ -6,6 +6,9 @@ exception, so one bad file yields one error row and nothing else.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import importlib
 import io
 import struct
 from collections.abc import Callable
@@ -89,8 +92,26 @@ _TOLERATED_OPEN_ERRORS = (SyntaxError, IndexError, TypeError, struct.error)  # "
 _SIGNED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "TIFF", "MPO", "AVIF", "JPEG2000"})
 
 
+# Pillow plugins for FORMATS beyond the five that Image.preinit() loads. Loading just these instead
+# of all of Pillow's (Image.init()) takes 25-40 ms less of every worker's start (measured).
+_PLUGIN_MODULES = {
+    "WEBP": "WebPImagePlugin",
+    "TIFF": "TiffImagePlugin",
+    "MPO": "MpoImagePlugin",
+    "AVIF": "AvifImagePlugin",
+    "JPEG2000": "Jpeg2KImagePlugin",
+    "ICO": "IcoImagePlugin",
+}
+
+
+@functools.cache
 def _plugins() -> dict[str, tuple[Callable[..., Image.Image], Callable[[bytes], bool | str] | None]]:
-    Image.init()  # registers every plugin once; later calls return at once
+    """Pillow's (open, accept) pair for each of FORMATS that this Pillow has, in FORMATS order."""
+    Image.preinit()
+    for fmt, module in _PLUGIN_MODULES.items():
+        if fmt not in Image.OPEN:
+            with contextlib.suppress(ImportError):  # a plugin this Pillow lacks (AVIF before 11.2)
+                importlib.import_module(f"PIL.{module}")
     return {fmt: Image.OPEN[fmt] for fmt in FORMATS if fmt in Image.OPEN}
 
 
