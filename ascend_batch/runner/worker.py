@@ -95,7 +95,8 @@ class TaskStats:
     seconds: dict[str, float] = field(
         default_factory=lambda: {
             "read": 0.0,  # reading bytes (files, archive members)
-            "decode": 0.0,  # decode + preprocess, summed over decode threads
+            "decode": 0.0,  # bytes -> resized, cropped pixels, summed over decode threads
+            "preprocess": 0.0,  # pixels -> normalised into the batch buffer (inference thread)
             "infer": 0.0,  # session.infer, including copies to and from the device
             "write": 0.0,  # building rows and committing the part file
             "wait_decode": 0.0,  # inference waiting for decoded images (decode is the bottleneck)
@@ -467,7 +468,9 @@ def run_task(
                 results[pos] = f"{result.kind}: {result.message}"
                 stats.error(result.kind)
                 continue
+            t0 = time.perf_counter()
             normalise_into(result.hwc, pp, buffer[len(batch_pos)])
+            stats.seconds["preprocess"] += time.perf_counter() - t0
             batch_pos.append((pos, result.width, result.height))
             if len(batch_pos) == batch_cap:
                 flush()
