@@ -108,9 +108,11 @@ class TaskStats:
     started: float = 0.0
     finished: float = 0.0
 
-    def error(self, kind: str) -> None:
+    def error(self, exc: ImageError) -> str:
+        """Count ``exc``; returns its row's ``error`` text (``kind: message``)."""
         self.errors += 1
-        self.error_kinds[kind] = self.error_kinds.get(kind, 0) + 1
+        self.error_kinds[exc.kind] = self.error_kinds.get(exc.kind, 0) + 1
+        return str(exc)
 
 
 class _Abandon(Exception):
@@ -359,15 +361,8 @@ def _decoded(
             if nxt is None:
                 return
             pos, item = nxt
-            t0 = time.perf_counter()
-            try:
-                data = reader.read(item)
-            except ImageError as exc:
-                pending.append((pos, exc))
-                continue
-            finally:
-                stats.seconds["read"] += time.perf_counter() - t0
-            pending.append((pos, pool.submit(_timed_pixels, data, cfg)))
+            data = _read_timed(reader, item, stats)
+            pending.append((pos, data if isinstance(data, ImageError) else pool.submit(_timed_pixels, data, cfg)))
 
     fill()
     while pending:
@@ -385,6 +380,17 @@ def _decoded(
             stats.seconds["wait_decode"] += time.perf_counter() - t0
             yield pos, result
         fill()
+
+
+def _read_timed(reader: ItemReader, item: Item, stats: TaskStats) -> bytes | ImageError:
+    """The item's bytes, or why they could not be read; the time goes to the ``read`` stage."""
+    t0 = time.perf_counter()
+    try:
+        return reader.read(item)
+    except ImageError as exc:
+        return exc
+    finally:
+        stats.seconds["read"] += time.perf_counter() - t0
 
 
 def _timed_infer(session: Session, batch: np.ndarray) -> tuple[np.ndarray, float]:
@@ -465,8 +471,7 @@ def run_task(
     try:
         for pos, result in itertools.chain([first] if first is not None else [], decoded):
             if isinstance(result, ImageError):
-                results[pos] = f"{result.kind}: {result.message}"
-                stats.error(result.kind)
+                results[pos] = stats.error(result)
                 continue
             t0 = time.perf_counter()
             normalise_into(result.hwc, pp, buffer[len(batch_pos)])
@@ -521,15 +526,12 @@ def _infer_gpu_decoded(
         positions: list[int] = []
         datas: list[bytes] = []
         for pos, item in enumerate(items):
-            t0 = time.perf_counter()
-            try:
-                datas.append(reader.read(item))
+            data = _read_timed(reader, item, stats)
+            if isinstance(data, ImageError):
+                results[pos] = stats.error(data)
+            else:
+                datas.append(data)
                 positions.append(pos)
-            except ImageError as exc:
-                results[pos] = f"{exc.kind}: {exc.message}"
-                stats.error(exc.kind)
-            finally:
-                stats.seconds["read"] += time.perf_counter() - t0
             if len(positions) == cap:
                 yield positions, datas
                 positions, datas = [], []
@@ -548,8 +550,7 @@ def _infer_gpu_decoded(
             raise _Abandon()
         for j, res in enumerate(gb.results):
             if isinstance(res, ImageError):
-                results[positions[j]] = f"{res.kind}: {res.message}"
-                stats.error(res.kind)
+                results[positions[j]] = stats.error(res)
         if gb.rows:
             t1 = time.perf_counter()
             logits = session.submit_tensor(gb.tensor, gb.ready).result()  # type: ignore[attr-defined]
