@@ -18,6 +18,14 @@ from helpers import REPO, cli, make_images, tiny_manifest
 from PIL import Image
 
 TESTS = Path(__file__).resolve().parent
+PLUGINS = {"PYTHONPATH": f"{TESTS}{os.pathsep}{REPO}"}  # the test backends in tests/crashy_backend.py
+
+
+def use_test_backend(manifest: Path, name: str) -> None:
+    """Switch ``manifest`` to ``crashy_backend:<name>`` (needs :data:`PLUGINS` in the environment)."""
+    text = manifest.read_text()
+    assert 'backend = "onnxruntime"' in text
+    manifest.write_text(text.replace('backend = "onnxruntime"', f'backend = "crashy_backend:{name}"'))
 
 
 def start(manifest: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
@@ -37,7 +45,7 @@ def start(manifest: Path, *args: str, env: dict | None = None) -> subprocess.Pop
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
-        env={**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{REPO}", **(env or {})},
+        env={**os.environ, **PLUGINS, **(env or {})},
     )
 
 
@@ -179,9 +187,8 @@ def test_poison_image_is_bisected_to_one_error_row(tmp_path: Path) -> None:
     make_images(tmp_path / "imgs", 40, seed=2)
     Image.new("RGB", (40, 40), (255, 0, 255)).save(tmp_path / "imgs" / "img00017-poison.png")
     m = tiny_manifest(tmp_path, tmp_path / "imgs", devices='["cpu:0"]', unit_size=20, extra_runtime="max_retries = 1")
-    text = m.read_text().replace('backend = "onnxruntime"', 'backend = "crashy_backend:CrashyBackend"')
-    m.write_text(text)
-    r = cli("run", m, "--no-progress", env={"PYTHONPATH": f"{TESTS}{os.pathsep}{REPO}"}, timeout=240)
+    use_test_backend(m, "CrashyBackend")
+    r = cli("run", m, "--no-progress", env=PLUGINS, timeout=240)
     assert r.returncode == 0, r.stderr
     df = results(tmp_path / "out")
     assert len(df) == 41 and df["image_id"].is_unique
@@ -195,8 +202,8 @@ def test_poison_image_is_bisected_to_one_error_row(tmp_path: Path) -> None:
 def test_worker_that_dies_while_starting_is_given_up_after_retries(tmp_path: Path) -> None:
     make_images(tmp_path / "imgs", 4, seed=3)
     m = tiny_manifest(tmp_path, tmp_path / "imgs", devices='["cpu:0"]', extra_runtime="max_retries = 2")
-    m.write_text(m.read_text().replace('backend = "onnxruntime"', 'backend = "crashy_backend:DiesOnOpenBackend"'))
-    r = cli("run", m, "--no-progress", env={"PYTHONPATH": f"{TESTS}{os.pathsep}{REPO}"}, timeout=120)
+    use_test_backend(m, "DiesOnOpenBackend")
+    r = cli("run", m, "--no-progress", env=PLUGINS, timeout=120)
     assert r.returncode == 3, r.stderr
     assert "giving up on device cpu:0: worker killed by SIGKILL while starting" in r.stderr
     assert not (tmp_path / "out" / "_SUCCESS").exists()
@@ -205,7 +212,7 @@ def test_worker_that_dies_while_starting_is_given_up_after_retries(tmp_path: Pat
 def test_sigterm_interrupts_resumably(reference: tuple[Path, pd.DataFrame], tmp_path: Path) -> None:
     images, _ = reference
     m = tiny_manifest(tmp_path, images, devices='["cpu:0"]', unit_size=5)
-    m.write_text(m.read_text().replace('backend = "onnxruntime"', 'backend = "crashy_backend:SlowBackend"'))
+    use_test_backend(m, "SlowBackend")
     proc = start(m)  # 60 units at 0.1 s each: still running when the signal comes
     assert wait_for(lambda: len(list((tmp_path / "out").glob("part-*.parquet"))) >= 2, 60)
     proc.send_signal(signal.SIGTERM)
@@ -214,7 +221,7 @@ def test_sigterm_interrupts_resumably(reference: tuple[Path, pd.DataFrame], tmp_
     assert "rerun the same command to resume" in stderr
     assert not (tmp_path / "out" / "_SUCCESS").exists()
     assert wait_for(lambda: not session_pids(proc.pid), 10)
-    r = cli("run", m, "--no-progress", env={"PYTHONPATH": f"{TESTS}{os.pathsep}{REPO}"})
+    r = cli("run", m, "--no-progress", env=PLUGINS)
     assert r.returncode == 0, r.stderr
     assert len(results(tmp_path / "out")) == 300
 
@@ -222,12 +229,11 @@ def test_sigterm_interrupts_resumably(reference: tuple[Path, pd.DataFrame], tmp_
 def test_second_run_refuses_while_first_holds_the_lock(reference: tuple[Path, pd.DataFrame], tmp_path: Path) -> None:
     images, _ = reference
     m = tiny_manifest(tmp_path, images, devices='["cpu:0"]', unit_size=5)
-    m.write_text(m.read_text().replace('backend = "onnxruntime"', 'backend = "crashy_backend:SlowBackend"'))
-    plugin = {"PYTHONPATH": f"{TESTS}{os.pathsep}{REPO}"}
-    proc = start(m, env=plugin)  # 300 images at 0.1 s per batch: still running long after this
+    use_test_backend(m, "SlowBackend")
+    proc = start(m)  # 300 images at 0.1 s per batch: still running long after this
     try:
         assert wait_for(lambda: len(list((tmp_path / "out").glob("part-*.parquet"))) >= 1, 60)
-        r = cli("run", m, "--no-progress", env=plugin)
+        r = cli("run", m, "--no-progress", env=PLUGINS)
         assert r.returncode == 5, r.stderr
         assert f"pid {proc.pid}" in r.stderr and "host" in r.stderr and "started" in r.stderr
         assert proc.poll() is None  # the first run was not disturbed
