@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
-import traceback
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 
 from . import __version__
-from .errors import (
-    EXIT_INTERNAL,
-    EXIT_OK,
-    EXIT_TOO_MANY_ERRORS,
-    AscendBatchError,
-    ManifestErrors,
-)
+from .cli_errors import fail
+from .errors import EXIT_OK, EXIT_TOO_MANY_ERRORS
 
 app = typer.Typer(
     name="ascend-batch",
@@ -26,19 +20,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-def _fail(exc: BaseException) -> NoReturn:
-    if isinstance(exc, ManifestErrors):
-        for e in exc.errors:
-            typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(exc.exit_code)
-    if isinstance(exc, AscendBatchError):
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(exc.exit_code)
-    traceback.print_exc()
-    typer.echo(f"internal error: {type(exc).__name__}: {exc} (please report this with the traceback)", err=True)
-    raise typer.Exit(EXIT_INTERNAL)
 
 
 def _parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -116,7 +97,7 @@ def run(
         bar = not no_progress and sys.stdout.isatty() and sys.stderr.isatty()
         report = run_job(m, restart_job=restart, shard=_parse_shard(shard), progress_bar=bar, log_interval=log_interval)
     except Exception as exc:
-        _fail(exc)
+        fail(exc)
     st = report.status
     scope = f"shard {report.shard[0]}/{report.shard[1]}" if report.shard else "job"
     typer.echo(
@@ -148,7 +129,7 @@ def validate(manifest: Annotated[Path, typer.Argument(help="The TOML manifest to
         m = load_manifest(manifest)
         spec = resolve_model(m.model, m.runtime.backend, build=False)
     except Exception as exc:
-        _fail(exc)
+        fail(exc)
     typer.echo(
         f"ok: job {m.job.name!r} -> {m.job.output}; {len(m.dataset.paths)} dataset path(s); model {spec.name} "
         f"({spec.format}, {spec.preprocess.size}px {spec.preprocess.layout} {spec.preprocess.dtype}); "
@@ -167,7 +148,7 @@ def status(
     try:
         st = job_status(out)
     except Exception as exc:
-        _fail(exc)
+        fail(exc)
     if as_json:
         data = summary_dict(st)
         data["images_per_second_recent"] = st.recent_rate
@@ -201,7 +182,7 @@ def evaluate(
         acc = run_eval(out, labels)
         path = write_evaluation(out, acc, labels)
     except Exception as exc:
-        _fail(exc)
+        fail(exc)
     typer.echo(
         f"top-1 {acc.top1:.4f}  top-5 {acc.top5:.4f}  ({acc.matched} labelled images with results, "
         f"{acc.ok} classified, {acc.missing} without results) -> {path}"
@@ -226,7 +207,7 @@ def demo(
         report = run_job(load_manifest(manifest), progress_bar=sys.stderr.isatty())
         df = load_results(report.out)
     except Exception as exc:
-        _fail(exc)
+        fail(exc)
     for row in df.itertuples():
         if row.status == "ok":
             top = ", ".join(f"{lab} {p:.2f}" for lab, p in zip(row.top5_label[:3], row.top5_prob[:3], strict=False))
@@ -252,7 +233,7 @@ def finalize(
                 "array tasks) to complete them"
             )
     except Exception as exc:
-        _fail(exc)
+        fail(exc)
     typer.echo(
         f"complete: {st.units_done}/{st.n_units} units, {st.images} images ({st.errors} errors); "
         f"wrote {out / '_SUCCESS'}"
@@ -314,7 +295,7 @@ def bench(
                 log=lambda s: typer.echo(s, err=True),
             )
     except Exception as exc:
-        _fail(exc)
+        fail(exc)
     json_out.write_text(json.dumps(report, indent=2))
     typer.echo(format_report(report))
     if "scaling" in report:

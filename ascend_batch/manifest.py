@@ -364,7 +364,7 @@ def parse_manifest(data: Mapping[str, Any], base: Path, source: Path | None = No
             f"expected one of {', '.join(BACKENDS)} (or a plugin 'module:Class'), got {backend!r}",
         )
         backend = "onnxruntime"
-    default_kind = "cpu" if plugin else BACKENDS[backend][2]
+    default_kind = "cpu" if plugin else BACKENDS[backend].default_device_kind
     raw_devices = r.get("devices", (list, int, str), "a list of devices like ['cpu:0', 'cpu:1'] or [0, 1]")
     devices: list[Device] = []
     if raw_devices is None:
@@ -438,11 +438,12 @@ def parse_manifest(data: Mapping[str, Any], base: Path, source: Path | None = No
         **ints,
     )
 
-    if not plugin and model.format is not None and model.path is not None and model.format not in BACKENDS[backend][3]:
+    formats = () if plugin else BACKENDS[backend].formats
+    if not plugin and model.format is not None and model.path is not None and model.format not in formats:
         errors.append(
             ManifestError(
                 "model.format",
-                f"backend {backend!r} cannot run {model.format!r} models (it runs: {', '.join(BACKENDS[backend][3])})",
+                f"backend {backend!r} cannot run {model.format!r} models (it runs: {', '.join(formats)})",
                 mname,
             )
         )

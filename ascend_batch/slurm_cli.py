@@ -70,7 +70,7 @@ def submit(
 ) -> None:
     """Write OUT/_slurm/array.sbatch + finalize.sbatch and submit them: K array tasks, then a finalize job
     (afterok) that checks every unit is committed and writes _summary.json and _SUCCESS."""
-    from .cli import _fail
+    from .cli_errors import fail
     from .errors import IncompleteError
     from .manifest import load_manifest
     from .slurm import (
@@ -123,7 +123,7 @@ def submit(
             return
         sub = submit_jobs(files, opts)
     except Exception as exc:
-        _fail(exc)
+        fail(exc)
     if as_json:
         typer.echo(json.dumps(sub.as_dict()))
     else:
@@ -146,5 +146,5 @@ def submit(
                     f"{', '.join(failed) or 'none'}; see {files.logs}/ and resubmit with --only-missing"
                 )
         except Exception as exc:
-            _fail(exc)
+            fail(exc)
         typer.echo(f"complete: {out / '_SUCCESS'}")

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from ascend_batch.backends import gpu_decode
+from ascend_batch.backends.base import SessionFeatures
 from ascend_batch.backends.torch import TorchBackend, TorchSession
 
 
@@ -31,7 +32,11 @@ def pil_decode(encoded: list[torch.Tensor], device: torch.device) -> list[torch.
 
 
 class DeviceDecodeSession(TorchSession):
-    def gpu_decoder(self, max_pixels: int, max_batch: int = 64) -> Any:
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.features = SessionFeatures(device_decode=True)  # a "GPU" decoder, on the CPU
+
+    def device_decoder(self, max_pixels: int, max_batch: int = 64) -> Any:
         return gpu_decode.GpuJpegDecoder(
             self.model.preprocess, torch.device("cpu"), max_pixels=max_pixels, max_batch=max_batch, decode_fn=pil_decode
         )

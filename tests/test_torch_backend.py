@@ -365,7 +365,7 @@ def test_session_takes_a_decoded_tensor(tmp_path: Path) -> None:
         want = session.infer(batch.tensor.numpy())
     finally:
         session.close()
-    assert session.gpu_decoder(10**8) is None  # cpu session: no GPU decode
+    assert session.device_decoder(10**8) is None  # cpu session: no GPU decode
     assert np.allclose(got, want, atol=1e-6)
 
 

@@ -40,7 +40,7 @@ import numpy as np
 from ..errors import BackendError, StartupError
 from ..models.spec import ModelSpec
 from ..preprocess import Preprocess
-from .base import Device
+from .base import BackendFeatures, Device, SessionBase
 
 # Constants from CANN's acl_base.h / acl_rt.h / acl_mdl.h (pyACL exports none of them).
 ACL_SUCCESS = 0
@@ -265,7 +265,7 @@ def check_input(
         )
 
 
-class AclSession:
+class AclSession(SessionBase):
     """A model loaded on one NPU, with its buffers; see the module docstring."""
 
     def __init__(
@@ -560,6 +560,7 @@ class AclBackend:
     ``execute_async`` + ``synchronize_stream``."""
 
     name = "acl"
+    features = BackendFeatures()  # contexts are bound to the opening thread: opened on first use
 
     def __init__(self, *, execute: str = "async") -> None:
         self.execute = execute

@@ -54,33 +54,96 @@ def parse_device(spec: object, default_kind: str = "cpu") -> Device:
     raise ValueError(f"expected a device like 'cpu:0', 'cuda:1', 'npu:0' or an index, got {spec!r}")
 
 
+@dataclass(frozen=True)
+class SessionFeatures:
+    """What a session can do, declared once by its class (the worker never probes with ``getattr``)."""
+
+    concurrent_infer: bool = False  # infer() may run in several threads at once (CPU onnxruntime)
+    device_decode: bool = False  # device_decoder() may return a decoder that feeds infer_device()
+
+
+@dataclass(frozen=True)
+class BackendFeatures:
+    """What a backend can do before any session exists."""
+
+    open_in_thread: bool = False  # sessions are not bound to the opening thread: open while decoding starts
+    device_decode: bool = False  # its sessions may offer a device decode stage (asked once a session is open)
+
+
+class DeviceBatch(Protocol):
+    """One batch decoded on the device: ``rows[k]`` is the input position of row ``k`` of the payload;
+    ``results[i]`` is ``(width, height)`` of input ``i`` or the :class:`ImageError` that stopped it."""
+
+    rows: list[int]
+    results: list[Any]
+
+
+class DeviceDecoder(Protocol):
+    """Bytes of one batch -> a :class:`DeviceBatch` on the session's device; files it cannot take go to
+    ``cpu_decode`` (the CPU path, one result per input)."""
+
+    def decode(self, datas: Any, cpu_decode: Any = None) -> Any: ...
+
+
 @runtime_checkable
 class Session(Protocol):
+    features: SessionFeatures
     input_shape: tuple[int, ...]  # (N, C, H, W) or (N, H, W, C); N = max_batch
     max_batch: int
     device: Device
 
     def infer(self, batch: np.ndarray) -> np.ndarray: ...
 
+    def device_decoder(self, max_pixels: int, max_batch: int) -> DeviceDecoder | None: ...
+
+    def infer_device(self, batch: Any) -> np.ndarray: ...
+
     def close(self) -> None: ...
 
 
 class Backend(Protocol):
     name: str
+    features: BackendFeatures
 
     def open(self, device: Device, model: ModelSpec, *, batch_size: int, threads: int) -> Session: ...
 
 
-# backend name -> (module, class, default device kind, model formats it runs)
-BACKENDS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
-    "onnxruntime": ("ascend_batch.backends.onnx", "OnnxBackend", "cpu", ("onnx",)),
-    "acl": ("ascend_batch.backends.acl", "AclBackend", "npu", ("om",)),
-    "torch": (
-        "ascend_batch.backends.torch",
-        "TorchBackend",
-        "cuda",
-        ("torchscript", "torch-export", "state-dict"),
-    ),
+class SessionBase:
+    """Defaults for sessions without a device decode stage (subclass it, or declare the same)."""
+
+    features = SessionFeatures()
+
+    def device_decoder(self, max_pixels: int, max_batch: int) -> DeviceDecoder | None:
+        return None
+
+    def infer_device(self, batch: Any) -> np.ndarray:
+        raise NotImplementedError(f"{type(self).__name__} has no device decode stage")
+
+
+@dataclass(frozen=True)
+class BackendEntry:
+    """A built-in backend: where its class lives, its default device kind, the model formats it runs."""
+
+    name: str
+    module: str
+    cls: str
+    default_device_kind: str
+    formats: tuple[str, ...]
+
+
+BACKENDS: dict[str, BackendEntry] = {
+    e.name: e
+    for e in (
+        BackendEntry("onnxruntime", "ascend_batch.backends.onnx", "OnnxBackend", "cpu", ("onnx",)),
+        BackendEntry("acl", "ascend_batch.backends.acl", "AclBackend", "npu", ("om",)),
+        BackendEntry(
+            "torch",
+            "ascend_batch.backends.torch",
+            "TorchBackend",
+            "cuda",
+            ("torchscript", "torch-export", "state-dict"),
+        ),
+    )
 }
 
 
@@ -98,7 +161,7 @@ def get_backend(name: str, options: Mapping[str, Any] | None = None) -> Backend:
     if is_plugin(name):
         module_name, _, cls_name = name.partition(":")
     elif name in BACKENDS:
-        module_name, cls_name, _, _ = BACKENDS[name]
+        module_name, cls_name = BACKENDS[name].module, BACKENDS[name].cls
     else:
         raise StartupError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)} or 'module:Class'")
     try:
@@ -108,5 +171,10 @@ def get_backend(name: str, options: Mapping[str, Any] | None = None) -> Backend:
     cls = getattr(module, cls_name, None)
     if cls is None:
         raise StartupError(f"backend {name!r}: {module_name} has no class {cls_name}")
+    if not isinstance(getattr(cls, "features", None), BackendFeatures):
+        raise StartupError(
+            f"backend {name!r}: {cls_name} declares no 'features = BackendFeatures(...)' "
+            "(see ascend_batch.backends.base)"
+        )
     backend: Backend = cls(options) if options else cls()
     return backend

@@ -6,11 +6,12 @@ import numpy as np
 
 from ..errors import BackendError, StartupError
 from ..models.spec import ModelSpec
-from .base import Device
+from .base import BackendFeatures, Device, SessionBase, SessionFeatures
 
 
-class OnnxSession:
-    concurrent_infer = True  # InferenceSession.run is thread-safe: the worker may run batches side by side
+class OnnxSession(SessionBase):
+    # InferenceSession.run is thread-safe: the worker may run batches side by side
+    features = SessionFeatures(concurrent_infer=True)
 
     def __init__(self, device: Device, model: ModelSpec, *, batch_size: int, threads: int) -> None:
         import onnxruntime as ort
@@ -79,7 +80,7 @@ class OnnxSession:
 
 class OnnxBackend:
     name = "onnxruntime"
-    open_in_thread = True  # sessions are not bound to the opening thread
+    features = BackendFeatures(open_in_thread=True)  # sessions are not bound to the opening thread
 
     def open(self, device: Device, model: ModelSpec, *, batch_size: int, threads: int) -> OnnxSession:
         return OnnxSession(device, model, batch_size=batch_size, threads=threads)

@@ -42,7 +42,7 @@ except ImportError as _exc:  # pragma: no cover - exercised only without torch
 
 from ..errors import BackendError, StartupError
 from ..models.spec import ModelSpec
-from .base import Device
+from .base import BackendFeatures, Device, SessionBase, SessionFeatures
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 ENV_PRECISION = "ASCEND_BATCH_TORCH_PRECISION"
@@ -259,7 +259,7 @@ class Pending:
         return self._logits
 
 
-class TorchSession:
+class TorchSession(SessionBase):
     """One model on one device. ``infer`` is ``submit(batch).result()``; ``submit`` copies the batch
     before it returns, so the caller may refill its array at once and keep up to two batches in flight
     on CUDA (one being computed while the next is copied in)."""
@@ -268,6 +268,7 @@ class TorchSession:
         self, device: Device, model: ModelSpec, *, batch_size: int, threads: int, options: TorchOptions
     ) -> None:
         self.device = device
+        self.features = SessionFeatures(device_decode=device.kind == "cuda")
         self.model = model
         self.options = options
         self._net: torch.nn.Module | None = None
@@ -491,7 +492,11 @@ class TorchSession:
     def infer(self, batch: np.ndarray) -> np.ndarray:
         return self.submit(batch).result()
 
-    def gpu_decoder(self, max_pixels: int, max_batch: int = 64) -> Any:
+    def infer_device(self, batch: Any) -> np.ndarray:
+        """Logits of a :class:`~.gpu_decode.GpuBatch` already on this device (the device decode stage)."""
+        return self.submit_tensor(batch.tensor, batch.ready).result()
+
+    def device_decoder(self, max_pixels: int, max_batch: int = 64) -> Any:
         """A :class:`~.gpu_decode.GpuJpegDecoder` feeding this session, or ``None`` where GPU decode is
         not available (not CUDA, or no torchvision with GPU ``decode_jpeg``)."""
         if self.device.kind != "cuda" or self._closed:
@@ -532,7 +537,8 @@ def _cuda_error(device: Device, exc: RuntimeError) -> BackendError:
 
 class TorchBackend:
     name = "torch"
-    device_decode = True  # sessions on CUDA offer gpu_decoder(); the worker asks before decoding
+    # sessions on CUDA offer a device decoder; the worker asks once the session is open
+    features = BackendFeatures(device_decode=True)
 
     def __init__(self, options: TorchOptions | Mapping[str, Any] | None = None) -> None:
         """``options``: TorchOptions, or the manifest's ``[runtime]`` torch keys as a mapping

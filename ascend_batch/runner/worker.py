@@ -208,7 +208,7 @@ class _SessionOpener:
         except BaseException as exc:
             self.error = exc
             return
-        if getattr(self._backend, "open_in_thread", False):
+        if self._backend.features.open_in_thread:
             self._thread = threading.Thread(target=self._open, name="open-session", daemon=True)
             self._thread.start()
 
@@ -224,7 +224,7 @@ class _SessionOpener:
 
     def streams(self, session: Session) -> int:
         """Concurrent inference calls: ``cfg.streams`` where the session allows it, else 1."""
-        n = self.cfg.streams if getattr(session, "concurrent_infer", False) else 1
+        n = self.cfg.streams if session.features.concurrent_infer else 1
         if n > 1 and self.infer_pool is None:
             self.infer_pool = cf.ThreadPoolExecutor(n, thread_name_prefix="infer")
         return max(1, n)
@@ -239,13 +239,13 @@ class _SessionOpener:
     @property
     def device_decode(self) -> bool:
         """Whether the backend may decode on the device (its sessions offer ``gpu_decoder``)."""
-        return bool(getattr(self._backend, "device_decode", False))
+        return self._backend is not None and self._backend.features.device_decode
 
     def gpu_decoder(self, session: Session, batch: int) -> Any:
         """The session's device JPEG decoder (torch on CUDA), created once; None where there is none."""
         if self._gpu_decoder is None:
-            make = getattr(session, "gpu_decoder", None)
-            self._gpu_decoder = (make(self.cfg.max_pixels, max_batch=batch) if make else None) or False
+            made = session.device_decoder(self.cfg.max_pixels, batch) if session.features.device_decode else None
+            self._gpu_decoder = made or False
         return self._gpu_decoder or None
 
     def drop_buffers(self) -> None:
@@ -553,7 +553,7 @@ def _infer_gpu_decoded(
                 results[positions[j]] = stats.error(res)
         if gb.rows:
             t1 = time.perf_counter()
-            logits = session.submit_tensor(gb.tensor, gb.ready).result()  # type: ignore[attr-defined]
+            logits = session.infer_device(gb)
             stats.seconds["infer"] += time.perf_counter() - t1
             idx, prob = topk(logits)
             for k, j in enumerate(gb.rows):
