@@ -3,14 +3,21 @@
 Exit codes (documented in the README):
 
 ====  ===========================================================================
-0     job complete: every listed image has a row (error rows included)
+0     job complete and verified: every listed image has exactly one row (error rows included);
+      ``_SUCCESS`` is written, and only then
 1     unexpected internal error (a bug: please report with the traceback)
 2     bad manifest or command line (the message names the key or option)
-3     the job could not run: model, backend or device failed to start
-4     output directory is incompatible with this manifest (use --restart)
+3     the model, backend or device failed: at start-up, or on every batch whatever the images
+      (no image is blamed for it); a rerun resumes once the cause is fixed
+4     the output directory is not this job's: another job's results (use --restart), or a folder
+      this tool did not write (nothing in it is touched)
 5     another run holds the job lock (the message names pid, host, start time)
-6     the job finished but the error fraction exceeded ``max_error_fraction``
-7     units could not be completed (workers kept failing); a rerun resumes
+6     the job is complete but more than ``max_error_fraction`` of its images failed (no ``_SUCCESS``)
+7     incomplete: units are missing or a committed part failed verification (moved to
+      ``_damaged/``); a rerun does them
+8     the environment failed: the output is not a writable directory (a file, read-only, permission
+      denied), the disk or quota is full, or memory ran out; the message names the path and the
+      cause; nothing committed is lost and a rerun resumes once it is fixed
 130   interrupted (Ctrl-C / SIGTERM / Slurm preemption): resumable, rerun to continue
 ====  ===========================================================================
 """
@@ -25,6 +32,7 @@ EXIT_INCOMPATIBLE = 4
 EXIT_LOCKED = 5
 EXIT_TOO_MANY_ERRORS = 6
 EXIT_INCOMPLETE = 7
+EXIT_ENVIRONMENT = 8
 EXIT_INTERRUPTED = 130
 
 
@@ -77,6 +85,22 @@ class LockedError(AscendBatchError):
 
 class IncompleteError(AscendBatchError):
     exit_code = EXIT_INCOMPLETE
+
+
+class TooManyErrors(AscendBatchError):
+    """The job is complete, but its error fraction is above ``max_error_fraction``."""
+
+    exit_code = EXIT_TOO_MANY_ERRORS
+
+
+class EnvironmentFailure(AscendBatchError):
+    """The machine or the output failed (not a writable directory, disk full, out of memory)."""
+
+    exit_code = EXIT_ENVIRONMENT
+
+
+class DeviceFailure(StartupError):
+    """The runtime failed on every batch whatever the images; no image was blamed."""
 
 
 class InterruptedRun(AscendBatchError):

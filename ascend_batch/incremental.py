@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from .errors import IncompatibleOutputError, ManifestError
-from .runner.writer import PART_RE
+from .runner.outdir import PART_RE
 from .sources import GLOB_CHARS, Item
 
 KEY_COLUMNS = ["image_id", "file_size", "file_mtime"]

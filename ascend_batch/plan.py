@@ -16,9 +16,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .atomic import atomic_create
 from .sources import Item
-
-LISTING_FILE = "_listing.parquet"
 
 LISTING_SCHEMA = pa.schema(
     [
@@ -72,38 +71,32 @@ def shard_units(units: Sequence[Unit], shard: int, shards: int) -> list[Unit]:
 def write_snapshot(items: Iterable[Item], path: Path, unit_size: int) -> Snapshot:
     """Write the listing in row groups of ``unit_size`` to ``path`` (atomically, exclusive:
     if another process wrote it first, its snapshot wins and is returned)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     digest = hashlib.sha256()
     n = 0
     cols: dict[str, list] = {name: [] for name in LISTING_SCHEMA.names}
-    try:
-        with pq.ParquetWriter(tmp, LISTING_SCHEMA, compression="zstd") as writer:
-            for item in items:
-                cols["image_id"].append(item.id)
-                cols["source"].append(item.source)
-                cols["kind"].append(item.kind)
-                cols["path"].append(os.fsencode(item.path))
-                cols["member"].append(None if item.member is None else os.fsencode(item.member))
-                cols["offset"].append(item.offset)
-                cols["size"].append(item.size)
-                cols["mtime"].append(item.mtime)
-                cols["error"].append(item.error)
-                digest.update(f"{item.id}\0{item.size}\n".encode())
-                n += 1
-                if len(cols["image_id"]) == unit_size:
-                    writer.write_table(pa.table(cols, schema=LISTING_SCHEMA), row_group_size=unit_size)
-                    cols = {name: [] for name in LISTING_SCHEMA.names}
-            if cols["image_id"] or n == 0:
+    with (
+        atomic_create(path, exclusive=True) as (f, result),
+        pq.ParquetWriter(f, LISTING_SCHEMA, compression="zstd") as writer,
+    ):
+        for item in items:
+            cols["image_id"].append(item.id)
+            cols["source"].append(item.source)
+            cols["kind"].append(item.kind)
+            cols["path"].append(os.fsencode(item.path))
+            cols["member"].append(None if item.member is None else os.fsencode(item.member))
+            cols["offset"].append(item.offset)
+            cols["size"].append(item.size)
+            cols["mtime"].append(item.mtime)
+            cols["error"].append(item.error)
+            digest.update(f"{item.id}\0{item.size}\n".encode())
+            n += 1
+            if len(cols["image_id"]) == unit_size:
                 writer.write_table(pa.table(cols, schema=LISTING_SCHEMA), row_group_size=unit_size)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, path)  # exclusive create: the first writer wins
-        except FileExistsError:
-            return read_snapshot(path)
-        fsync_dir(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
+                cols = {name: [] for name in LISTING_SCHEMA.names}
+        if cols["image_id"] or n == 0:
+            writer.write_table(pa.table(cols, schema=LISTING_SCHEMA), row_group_size=unit_size)
+    if not result.created:  # another process wrote it first: its snapshot wins
+        return read_snapshot(path)
     return Snapshot(path, n, unit_size, digest.hexdigest()[:16])
 
 
@@ -129,6 +122,11 @@ def read_unit_items(
     return list(_items(rows))
 
 
+def unit_ids(listing: pq.ParquetFile, unit: Unit) -> list[str]:
+    """The image ids of ``unit``, in listing order."""
+    return listing.read_row_group(unit.index, columns=["image_id"]).column(0).to_pylist()
+
+
 def _items(rows: list[dict]) -> Iterator[Item]:
     for r in rows:
         yield Item(
@@ -142,11 +140,3 @@ def _items(rows: list[dict]) -> Iterator[Item]:
             error=r["error"],
             offset=r["offset"],
         )
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

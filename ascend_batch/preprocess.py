@@ -21,7 +21,7 @@ from .errors import ImageError
 
 DEFAULT_MAX_PIXELS = 178_956_970  # per image (dataset.max_pixels); the value at which Pillow itself refuses
 
-_RESAMPLE = {
+RESAMPLE = {  # Preprocess.interpolation (model.interpolation) -> Pillow filter
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
     "nearest": Image.Resampling.NEAREST,
@@ -301,7 +301,7 @@ def _resize_crop(img: Image.Image, pp: Preprocess, width: int, height: int) -> I
     top = (new_h - pp.size) // 2
     sx, sy = w / new_w, h / new_h
     box = (left * sx, top * sy, (left + pp.size) * sx, (top + pp.size) * sy)
-    return img.resize((pp.size, pp.size), _RESAMPLE[pp.interpolation], box=box, reducing_gap=None)
+    return img.resize((pp.size, pp.size), RESAMPLE[pp.interpolation], box=box, reducing_gap=None)
 
 
 def normalise(hwc: np.ndarray, pp: Preprocess) -> np.ndarray:

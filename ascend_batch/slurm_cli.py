@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from .slurm.options import DEFAULT_FINALIZE_TIME, DEFAULT_SIGNAL_TIME
+
 slurm_app = typer.Typer(help="Submit a job to Slurm as an array plus a dependent finalize job.", no_args_is_help=True)
 
 
@@ -39,9 +41,9 @@ def submit(
             min=1,
             help="Seconds before the time limit at which Slurm sends USR1 (the task drains, commits and requeues).",
         ),
-    ] = 60,
+    ] = DEFAULT_SIGNAL_TIME,
     no_requeue: Annotated[bool, typer.Option("--no-requeue", help="No USR1 signal, no requeue.")] = False,
-    finalize_time: Annotated[str, typer.Option(help="sbatch --time of the finalize job.")] = "00:30:00",
+    finalize_time: Annotated[str, typer.Option(help="sbatch --time of the finalize job.")] = DEFAULT_FINALIZE_TIME,
     extra: Annotated[
         list[str] | None,
         typer.Option("--extra", help="Extra sbatch option for the array job, e.g. --extra=--qos=high (repeatable)."),
@@ -73,6 +75,7 @@ def submit(
     from .cli_errors import fail
     from .errors import IncompleteError
     from .manifest import load_manifest
+    from .runner.outdir import SUCCESS_FILE
     from .slurm import (
         JobFiles,
         SlurmOptions,
@@ -139,7 +142,7 @@ def submit(
         try:
             states = wait_for(sub)
             final = states.get(sub.finalize_job, "gone")
-            if not (out / "_SUCCESS").exists():
+            if not (out / SUCCESS_FILE).exists():
                 failed = sorted(j for j, s in states.items() if j != sub.finalize_job and s != "COMPLETED")
                 raise IncompleteError(
                     f"finalize job {sub.finalize_job} ended {final}; array tasks not completed: "
@@ -147,4 +150,4 @@ def submit(
                 )
         except Exception as exc:
             fail(exc)
-        typer.echo(f"complete: {out / '_SUCCESS'}")
+        typer.echo(f"complete: {out / SUCCESS_FILE}")

@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 from helpers import cli, make_images  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from ascend_batch.backends import gpu_decode  # noqa: E402
+from ascend_batch.backends import gpu_decode, jpeg_sniff  # noqa: E402
 from ascend_batch.backends.base import Device, get_backend  # noqa: E402
 from ascend_batch.backends.onnx import OnnxBackend  # noqa: E402
 from ascend_batch.backends.torch import TorchBackend, TorchOptions  # noqa: E402
@@ -283,7 +283,7 @@ def test_sniff_jpeg_routes_what_nvjpeg_should_not_see() -> None:
     assert gpu_decode.gpu_refusal(info, max_pixels=1000) == "size"
     assert gpu_decode.sniff_jpeg(_exif_rotated(img)).orientation == 6  # type: ignore[union-attr]
     big_endian_exif = b"MM\x00\x2a\x00\x00\x00\x08\x00\x01" + struct.pack(">HHI4s", 0x0112, 3, 1, b"\x00\x03\x00\x00")
-    assert gpu_decode._exif_orientation(big_endian_exif) == 3
+    assert jpeg_sniff.exif_orientation(big_endian_exif) == 3
 
 
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])

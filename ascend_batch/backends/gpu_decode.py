@@ -6,7 +6,7 @@ What the measurements in ``notes/gpu-decode.md`` ask for, and where it is done h
 * bounded batches: at most ``max_batch`` images and ``max_batch_pixels`` pixels per decoder call;
 * a CPU fallback: files the GPU decoder should not see (progressive, arithmetic or lossless JPEGs,
   CMYK/YCCK or Adobe-RGB JPEGs, 12-bit, EXIF-rotated, truncated, PNG and every other format) are sniffed
-  from their headers (:func:`sniff_jpeg`) and go through the CPU path (``preprocess.decode``) unchanged;
+  from their headers (:mod:`.jpeg_sniff`) and go through the CPU path (``preprocess.decode``) unchanged;
   a chunk the GPU decoder refuses goes to the CPU path as a whole;
 * the GPU decoder is untrusted: after its first failure it is switched off for the rest of the process
   (``disabled`` says why), and if the failure left the CUDA context broken, :class:`GpuDecodeFatal` is
@@ -26,7 +26,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import contextlib
-import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -37,116 +36,34 @@ import torch.nn.functional as F
 
 from ..errors import BackendError, ImageError
 from ..preprocess import DEFAULT_MAX_PIXELS, Decoded, Preprocess, decode
+from .jpeg_sniff import GPU_MAX_PIXELS, JpegInfo, gpu_refusal, sniff_jpeg
+
+__all__ = [
+    "GPU_MAX_PIXELS",
+    "DecoderStats",
+    "GpuBatch",
+    "GpuDecodeFatal",
+    "GpuJpegDecoder",
+    "JpegInfo",
+    "available",
+    "cpu_decoder",
+    "geometry",
+    "gpu_refusal",
+    "prefetched",
+    "resize_crop_normalise",
+    "sniff_jpeg",
+    "supports",
+]
 
 CpuDecode = Callable[[list[bytes]], list["Decoded | ImageError"]]
 K = TypeVar("K")
 DecodeFn = Callable[[list[torch.Tensor], torch.device], list[torch.Tensor]]
 
-_SOF_SEQUENTIAL = (0xC0, 0xC1)  # baseline and extended sequential, Huffman: what nvJPEG takes
-_SOF_OTHER = (0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF)
 _INTERPOLATION = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest-exact"}
-GPU_MAX_PIXELS = 50_000_000  # larger JPEGs decode faster on the CPU at reduced DCT scale anyway
 
 
 class GpuDecodeFatal(BackendError):
     """The GPU decoder broke the process's CUDA context: the worker must be replaced."""
-
-
-# --------------------------------------------------------------------------- headers
-
-
-@dataclass(frozen=True)
-class JpegInfo:
-    width: int
-    height: int
-    components: int
-    precision: int
-    sof: int  # the SOFn marker byte (0xC0 baseline, 0xC2 progressive, ...)
-    orientation: int = 1  # EXIF orientation (1 = as stored)
-    adobe_transform: int | None = None  # Adobe APP14 colour transform, when present
-    complete: bool = True  # ends with the EOI marker
-
-
-def sniff_jpeg(data: bytes) -> JpegInfo | None:
-    """The frame header of a JPEG (and its EXIF orientation), read without decoding; ``None`` when
-    ``data`` is not a JPEG or its headers are damaged."""
-    if len(data) < 4 or data[:2] != b"\xff\xd8":
-        return None
-    i, n = 2, len(data)
-    orientation, adobe, sof = 1, None, None
-    while i + 4 <= n:
-        if data[i] != 0xFF:
-            return None
-        while i < n and data[i] == 0xFF:  # fill bytes
-            i += 1
-        if i >= n:
-            return None
-        marker = data[i]
-        i += 1
-        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # no length field
-            continue
-        if marker == 0xD9 or i + 2 > n:
-            break
-        (length,) = struct.unpack(">H", data[i : i + 2])
-        if length < 2 or i + length > n:
-            return None
-        payload = data[i + 2 : i + length]
-        if marker == 0xE1 and payload.startswith(b"Exif\x00\x00"):
-            orientation = _exif_orientation(payload[6:])
-        elif marker == 0xEE and payload.startswith(b"Adobe") and len(payload) >= 12:
-            adobe = payload[11]
-        elif (marker in _SOF_SEQUENTIAL or marker in _SOF_OTHER) and len(payload) >= 6:
-            precision, height, width, components = struct.unpack(">BHHB", payload[:6])
-            sof = (marker, precision, width, height, components)
-        elif marker == 0xDA:  # start of scan: the headers are over
-            break
-        i += length
-    if sof is None:
-        return None
-    marker, precision, width, height, components = sof
-    complete = data.rstrip(b"\x00")[-2:] == b"\xff\xd9"
-    return JpegInfo(width, height, components, precision, marker, orientation, adobe, complete)
-
-
-def _exif_orientation(tiff: bytes) -> int:
-    """The orientation tag (0x0112) of IFD0 in an EXIF TIFF block; 1 when absent or unreadable."""
-    if len(tiff) < 8 or tiff[:2] not in (b"II", b"MM"):
-        return 1
-    endian = "<" if tiff[:2] == b"II" else ">"
-    try:
-        (ifd,) = struct.unpack(endian + "I", tiff[4:8])
-        (count,) = struct.unpack(endian + "H", tiff[ifd : ifd + 2])
-        for k in range(count):
-            entry = tiff[ifd + 2 + 12 * k : ifd + 14 + 12 * k]
-            tag, typ, _, value = struct.unpack(endian + "HHI4s", entry)
-            if tag == 0x0112 and typ == 3:
-                (orient,) = struct.unpack(endian + "H", value[:2])
-                return int(orient) if 1 <= orient <= 8 else 1
-    except struct.error:
-        return 1
-    return 1
-
-
-def gpu_refusal(info: JpegInfo | None, max_pixels: int, gpu_max_pixels: int = GPU_MAX_PIXELS) -> str | None:
-    """Why an image must take the CPU path, or ``None`` when the GPU decoder may have it."""
-    if info is None:
-        return "not a JPEG"
-    if info.sof not in _SOF_SEQUENTIAL:
-        return "progressive/lossless/arithmetic JPEG"
-    if info.precision != 8:
-        return f"{info.precision}-bit JPEG"
-    if info.components not in (1, 3):
-        return f"{info.components}-component JPEG (CMYK/YCCK)"
-    if info.components == 3 and info.adobe_transform == 0:
-        return "Adobe RGB-coded JPEG"
-    if info.orientation != 1:
-        return "EXIF-rotated"
-    if not info.complete:
-        return "truncated"
-    pixels = info.width * info.height
-    if pixels == 0 or pixels > min(max_pixels, gpu_max_pixels):
-        return "size"
-    return None
 
 
 # --------------------------------------------------------------------------- preprocessing

@@ -3,24 +3,51 @@ both call :func:`run_job`."""
 
 from __future__ import annotations
 
-import json
+import contextlib
+import errno
 import os
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from ..errors import IncompleteError, InterruptedRun
+from ..errors import (
+    EXIT_ENVIRONMENT,
+    DeviceFailure,
+    EnvironmentFailure,
+    IncompleteError,
+    InterruptedRun,
+)
 from ..manifest import Manifest
 from ..models.resolve import resolve_model
-from ..plan import LISTING_FILE, shard_units
+from ..plan import shard_units
+from .finalize import Finalized, finalize
+from .jobdir import prepare, refuse_foreign
 from .lock import JobLock
-from .outdir import SUCCESS_FILE, SUMMARY_FILE, prepare, restart, write_replace
+from .messages import WorkerConfig
+from .outdir import (
+    LISTING_FILE,
+    SUCCESS_FILE,
+    clean_temps,
+    clear_pieces,
+    committed_units,
+    restart,
+    set_aside_damaged,
+)
 from .progress import Progress
-from .summary import JobStatus, job_status, summary_dict
-from .supervisor import Outcome, Supervisor, clear_pieces
-from .worker import WorkerConfig
-from .writer import committed_units
+from .summary import JobStatus, job_status
+from .supervisor import Outcome, Supervisor
+
+_CAUSES = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EEXIST: "a file is in the way (job.output must be a directory)",
+    errno.ENOTDIR: "a file is in the way (job.output must be a directory)",
+}
 
 
 @dataclass
@@ -31,6 +58,7 @@ class RunReport:
     run_id: str
     shard: tuple[int, int] | None
     summary: dict = field(default_factory=dict)
+    finalized: Finalized | None = None
 
     @property
     def error_fraction(self) -> float:
@@ -68,14 +96,11 @@ def plan_threads(manifest: Manifest) -> tuple[int, int, int]:
     return threads, streams, decode
 
 
-def finalize(out: Path, run: dict | None = None) -> JobStatus:
-    """Write ``_summary.json`` (always) and ``_SUCCESS`` (when every unit is committed)."""
-    st = job_status(out)
-    summary = summary_dict(st, run)
-    write_replace(out / SUMMARY_FILE, json.dumps(summary, indent=2))
-    if st.complete:
-        write_replace(out / SUCCESS_FILE, "")
-    return st
+def environment_error(exc: OSError, out: Path) -> EnvironmentFailure:
+    """An OSError of the job's own files as a message naming the path and the cause (exit 8)."""
+    cause = _CAUSES.get(exc.errno or 0, exc.strerror or type(exc).__name__)
+    path = exc.filename or out
+    return EnvironmentFailure(f"cannot write the job's output: {path}: {cause} (job.output = {out})")
 
 
 def run_job(
@@ -86,94 +111,149 @@ def run_job(
     progress_bar: bool = True,
     log_interval: float = 30.0,
     drain_timeout: float = 45.0,
+    max_error_fraction: float | None = None,
 ) -> RunReport:
+    """Run or resume ``manifest``'s job. Raises the typed errors of :mod:`ascend_batch.errors`; an
+    error raised once the run has a report (exit 6, 7, 130, a verdict) carries it as ``.report``."""
     out = manifest.job.output
-    out.mkdir(parents=True, exist_ok=True)
     model = resolve_model(manifest.model, manifest.runtime.backend)
+    try:
+        if out.exists() and not out.is_dir():
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(out))
+        if out.is_dir():
+            refuse_foreign(out)  # before the lock file is created: a foreign folder stays untouched
+        out.mkdir(parents=True, exist_ok=True)
+        with JobLock(out, shard):
+            return _run_locked(
+                manifest, model, out, restart_job, shard, progress_bar, log_interval, drain_timeout, max_error_fraction
+            )
+    except OSError as exc:
+        raise environment_error(exc, out) from exc
+
+
+def _run_locked(
+    manifest: Manifest,
+    model: Any,
+    out: Path,
+    restart_job: bool,
+    shard: tuple[int, int] | None,
+    progress_bar: bool,
+    log_interval: float,
+    drain_timeout: float,
+    max_error_fraction: float | None,
+) -> RunReport:
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-    with JobLock(out, shard):
-        if restart_job:
-            if shard is not None:
-                raise IncompleteError("--restart cannot be combined with a shard; restart the whole job once")
-            restart(out)
-        rt = manifest.runtime
-        threads, streams, decode = plan_threads(manifest)
-        template = WorkerConfig(
-            out=out,
-            listing=out / LISTING_FILE,
-            model=model,
-            backend=rt.backend,
-            device=rt.devices[0],
-            batch_size=rt.batch_size,
-            threads=threads,
-            decode_workers=decode,
-            prefetch=rt.prefetch,
-            run_id=run_id,
-            max_pixels=manifest.dataset.max_pixels,
-            max_member_bytes=manifest.dataset.max_member_bytes,
-            decode_timeout=manifest.dataset.decode_timeout,
-            backend_options=rt.backend_options(),
-            streams=streams,
-            gpu_decode=rt.gpu_decode,
-        )
-        supervisor = Supervisor(
-            template, rt.devices, [], max_retries=rt.max_retries, progress=None, drain_timeout=drain_timeout
-        )
-        if not (out / SUCCESS_FILE).exists():
-            supervisor.start_workers()  # they load their models while we list the dataset
-        try:
-            info = prepare(manifest, model, out)
-        except BaseException:
-            supervisor.stop_workers()
-            raise
+    if restart_job:
+        if shard is not None:
+            raise IncompleteError("--restart cannot be combined with a shard; restart the whole job once")
+        restart(out)
+    clean_temps(out)
+    rt = manifest.runtime
+    threads, streams, decode = plan_threads(manifest)
+    template = WorkerConfig(
+        out=out,
+        listing=out / LISTING_FILE,
+        model=model,
+        backend=rt.backend,
+        device=rt.devices[0],
+        batch_size=rt.batch_size,
+        threads=threads,
+        decode_workers=decode,
+        prefetch=rt.prefetch,
+        run_id=run_id,
+        max_pixels=manifest.dataset.max_pixels,
+        max_member_bytes=manifest.dataset.max_member_bytes,
+        decode_timeout=manifest.dataset.decode_timeout,
+        backend_options=rt.backend_options(),
+        streams=streams,
+        device_decode=rt.gpu_decode,
+    )
+    supervisor = Supervisor(
+        template, rt.devices, [], max_retries=rt.max_retries, progress=None, drain_timeout=drain_timeout
+    )
+    if not (out / SUCCESS_FILE).exists():
+        supervisor.start_workers()  # they load their models while we list the dataset
+    try:
+        info = prepare(manifest, model, out)
         units = info.snapshot.units
         mine = shard_units(units, *shard) if shard else units
+        damaged = set_aside_damaged(out, mine)  # cheap: size and sha256 against each commit record
         done = committed_units(out)
         todo = [u for u in mine if u.index not in done]
-        clear_pieces(out, todo)
-        total = sum(u.size for u in mine)
-        already = total - sum(u.size for u in todo)
-        progress = Progress(total, already, len(mine), len(mine) - len(todo), bar=progress_bar, interval=log_interval)
-        supervisor.progress = progress
-        supervisor.set_units(todo)
         if todo:
-            progress.log(
-                f"job {manifest.job.name!r}: {len(todo)} of {len(mine)} units to do ({total - already} images) "
-                f"on {', '.join(str(d) for d in rt.devices)} [{rt.backend}, batch {rt.batch_size}, "
-                f"{streams}x{threads} infer + {decode} decode threads per worker]"
-            )
+            with contextlib.suppress(FileNotFoundError):
+                (out / SUCCESS_FILE).unlink()  # the job is not complete: a stale _SUCCESS must not say so
+        clear_pieces(out, todo)
+    except BaseException:
+        supervisor.stop_workers()
+        raise
+    total = sum(u.size for u in mine)
+    already = total - sum(u.size for u in todo)
+    progress = Progress(total, already, len(mine), len(mine) - len(todo), bar=progress_bar, interval=log_interval)
+    for unit, why in sorted(damaged.items()):
+        progress.log(f"unit {unit}: its committed part is damaged ({why}); moved to _damaged/, redoing it")
+    supervisor.progress = progress
+    supervisor.set_units(todo)
+    if todo:
+        progress.log(
+            f"job {manifest.job.name!r}: {len(todo)} of {len(mine)} units to do ({total - already} images) "
+            f"on {', '.join(str(d) for d in rt.devices)} [{rt.backend}, batch {rt.batch_size}, "
+            f"{streams}x{threads} infer + {decode} decode threads per worker]"
+        )
+    try:
+        outcome = supervisor.run() if todo else Outcome()
+    finally:
+        if not todo:
+            supervisor.stop_workers()
+        progress.close()
+    run = {
+        "run_id": run_id,
+        "shard": list(shard) if shard else None,
+        "wall_seconds": round(outcome.wall, 3),
+        "images": outcome.images,
+        "images_per_second": round(outcome.images / outcome.wall, 2) if outcome.wall > 0 else None,
+        "per_device_images": outcome.per_device,
+        "stage_seconds": {k: round(v, 3) for k, v in outcome.seconds.items()},
+        "worker_deaths": outcome.worker_deaths,
+        "threads_per_inference": threads,
+        "inference_streams_per_worker": streams,
+        "decode_threads_per_worker": decode,
+        "batch_size": rt.batch_size,
+        "backend": rt.backend,
+        "devices": [str(d) for d in rt.devices],
+        "damaged_parts_redone": sorted(damaged),
+    }
+    threshold = max_error_fraction if max_error_fraction is not None else manifest.job.max_error_fraction
+    fin: Finalized | None = None
+    verdict = outcome.verdict
+    try:
+        if shard is None:
+            fin = finalize(out, run, max_error_fraction=threshold)
+    except OSError:
+        if verdict is None or verdict.exit_code != EXIT_ENVIRONMENT:
+            raise  # the same full disk that stopped the job may refuse the summary: the verdict says why
+    st = fin.status if fin is not None else job_status(out)
+    report = RunReport(out, st, outcome, run_id, shard, summary=run, finalized=fin)
+    error: Exception | None = None
+    if verdict is not None:
+        cls = EnvironmentFailure if verdict.exit_code == EXIT_ENVIRONMENT else DeviceFailure
+        error = cls(
+            f"{verdict.message}. The job stopped with {st.units_done}/{st.n_units} units committed; no image was "
+            "blamed; fix the cause and rerun to resume"
+        )
+    elif outcome.interrupted:
+        error = InterruptedRun(
+            f"interrupted by {outcome.interrupted}: {st.units_done}/{st.n_units} units committed; "
+            "rerun the same command to resume"
+        )
+    elif fin is not None and not fin.success:
         try:
-            outcome = supervisor.run() if todo else Outcome()
-        finally:
-            if not todo:
-                supervisor.stop_workers()
-            progress.close()
-        run = {
-            "run_id": run_id,
-            "shard": list(shard) if shard else None,
-            "wall_seconds": round(outcome.wall, 3),
-            "images": outcome.images,
-            "images_per_second": round(outcome.images / outcome.wall, 2) if outcome.wall > 0 else None,
-            "per_device_images": outcome.per_device,
-            "stage_seconds": {k: round(v, 3) for k, v in outcome.seconds.items()},
-            "worker_deaths": outcome.worker_deaths,
-            "threads_per_inference": threads,
-            "inference_streams_per_worker": streams,
-            "decode_threads_per_worker": decode,
-            "batch_size": rt.batch_size,
-            "backend": rt.backend,
-            "devices": [str(d) for d in rt.devices],
-        }
-        st = finalize(out, run) if shard is None else job_status(out)
-        report = RunReport(out, st, outcome, run_id, shard, summary=run)
-        if outcome.interrupted:
-            raise InterruptedRun(
-                f"interrupted by {outcome.interrupted}: {st.units_done}/{st.n_units} units committed; "
-                "rerun the same command to resume"
-            )
-        if outcome.units_failed:
-            failed = ", ".join(f"{u} ({m})" for u, m in sorted(outcome.units_failed.items())[:5])
-            raise IncompleteError(
-                f"{len(outcome.units_failed)} unit(s) could not be completed: {failed}; rerun to retry them"
-            )
-        return report
+            fin.raise_for_status()
+        except Exception as exc:
+            error = exc
+    elif fin is None and any(u.index not in committed_units(out) for u in mine):
+        error = IncompleteError(f"shard {shard}: units are missing after the run; rerun it")
+    if error is not None:
+        error.report = report  # type: ignore[attr-defined]
+        raise error
+    return report

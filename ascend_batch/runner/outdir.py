@@ -1,163 +1,306 @@
-"""The output directory's bookkeeping: ``_job.json`` (what this directory holds), the listing
-snapshot, compatibility checks for resume, and ``--restart``.
+"""The one owner of the output directory: every file name in it, the commit of a unit's part (and of
+the pieces of a unit being bisected, and their merge), crash rows, verification of committed parts,
+clearing of leftovers, and ``--restart``. No other module spells a file name of the output directory.
 
-Every non-result file starts with ``_`` or ``.`` so ``pandas.read_parquet(out)`` reads results only.
+Layout (everything that is not a result starts with ``_`` or ``.``, so ``pandas.read_parquet(out)``
+reads results only)::
+
+    part-000042.parquet        one unit's rows (the checkpoint), committed atomically, never rewritten
+    _commits/part-000042.json  what was committed: rows, bytes, sha256 (a resume checks it cheaply)
+    _damaged/                  parts that failed verification, moved aside for inspection
+    _pieces/                   pieces of a unit being bisected (merged into its part, then removed)
+    _job.json _listing.parquet _summary.json _SUCCESS _evaluation.json .lock* .tmp-*
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import time
-import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .. import __version__
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..atomic import TEMP_PREFIX, atomic_create, temp_owner, write_text
 from ..errors import IncompatibleOutputError
-from ..incremental import skip_existing
-from ..manifest import Manifest
-from ..models.spec import ModelSpec
-from ..plan import LISTING_FILE, Snapshot, fsync_dir, read_snapshot, write_snapshot
-from ..sources import list_items
-from .writer import PART_RE
+from ..plan import Unit, read_unit_items, unit_ids
+from .writer import STATS_KEY, RowBuffer, part_stats, sum_into
 
 JOB_FILE = "_job.json"
 SUMMARY_FILE = "_summary.json"
 SUCCESS_FILE = "_SUCCESS"
+LISTING_FILE = "_listing.parquet"
+EVALUATION_FILE = "_evaluation.json"
+PIECES_DIR = "_pieces"
+COMMITS_DIR = "_commits"
+DAMAGED_DIR = "_damaged"
+SLURM_DIR = "_slurm"  # the Slurm scripts and logs of the job (kept by --restart: an array may be running)
+LOCK_PREFIX = ".lock"
+PART_RE = re.compile(r"^part-(\d+)\.parquet$")
+STALE_FOREIGN_TEMP_SECONDS = 24 * 3600  # temp files of other hosts: removed once this old
+
+# what this tool writes at the top of an output directory (besides parts and temp files)
+OWN_FILES = (JOB_FILE, SUMMARY_FILE, SUCCESS_FILE, LISTING_FILE, EVALUATION_FILE)
+OWN_DIRS = (PIECES_DIR, COMMITS_DIR, DAMAGED_DIR)
+
+
+def part_name(unit: int) -> str:
+    return f"part-{unit:06d}.parquet"
+
+
+def piece_name(unit: int, start: int, stop: int) -> str:
+    return f"u{unit:06d}-{start:012d}-{stop:012d}.parquet"
+
+
+def lock_name(shard: tuple[int, int] | None) -> str:
+    return LOCK_PREFIX + (f"-shard-{shard[0]}-of-{shard[1]}" if shard else "")
+
+
+def part_files(out: Path) -> list[Path]:
+    try:
+        return sorted(out / n for n in os.listdir(out) if PART_RE.match(n))
+    except FileNotFoundError:
+        return []
+
+
+def committed_units(out: Path) -> set[int]:
+    """Units whose part file exists: the checkpoint."""
+    return {int(m.group(1)) for p in part_files(out) if (m := PART_RE.match(p.name))}
+
+
+# -- commit -----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class JobInfo:
-    out: Path
-    snapshot: Snapshot
-    meta: dict
+class CommitRecord:
+    """What a part held when it was committed; a resume compares the file against it."""
+
+    rows: int
+    bytes: int
+    sha256: str
 
 
-def write_exclusive(path: Path, text: str) -> bool:
-    """Create ``path`` with ``text`` atomically; False if it already exists."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+def _sha256(path: Path) -> tuple[int, str]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return size, h.hexdigest()
+
+
+def _write_table(path: Path, table: pa.Table, stats: dict | None) -> bool:
+    if stats is not None:
+        meta = dict(table.schema.metadata or {})
+        meta[STATS_KEY] = json.dumps(stats).encode()
+        table = table.replace_schema_metadata(meta)
+    with atomic_create(path, exclusive=True) as (f, result):
+        pq.write_table(table, f, compression="zstd", write_page_checksum=True)
+    return result.created
+
+
+def _record_path(out: Path, unit: int) -> Path:
+    return out / COMMITS_DIR / f"{part_name(unit)}.json"
+
+
+def _write_record(out: Path, unit: int, rows: int) -> None:
+    size, digest = _sha256(out / part_name(unit))
+    (out / COMMITS_DIR).mkdir(exist_ok=True)
+    write_text(_record_path(out, unit), json.dumps(asdict(CommitRecord(rows, size, digest))))
+
+
+def commit_part(out: Path, unit: int, table: pa.Table, stats: dict | None = None) -> bool:
+    """Make ``table`` unit ``unit``'s part, atomically; False if that unit was already committed.
+    Written with page checksums; its commit record follows (a part without one is verified in full)."""
+    if not _write_table(out / part_name(unit), table, stats):
+        return False
+    _write_record(out, unit, table.num_rows)
+    return True
+
+
+def commit_piece(out: Path, unit: int, start: int, stop: int, table: pa.Table, stats: dict | None = None) -> None:
+    """Rows of the slice ``[start, stop)`` of a unit being bisected (merged by :func:`merge_pieces`)."""
+    (out / PIECES_DIR).mkdir(exist_ok=True)
+    _write_table(out / PIECES_DIR / piece_name(unit, start, stop), table, stats)
+
+
+def write_crash_row(
+    out: Path, listing: Path, unit: Unit, pos: int, message: str, *, model: str, backend: str, device: str, run_id: str
+) -> None:
+    """The error row of the image at listing position ``pos`` that kept killing workers, as a piece."""
+    (item,) = read_unit_items(pq.ParquetFile(listing), unit, pos, pos + 1)
+    rows = RowBuffer(model, backend, device, run_id)
+    rows.add_error(item.id, item.source, unit.index, int(time.time() * 1000), item.size, item.mtime, message)
+    stats = {"images": 1, "ok": 0, "errors": 1, "error_kinds": {message.split(":", 1)[0]: 1}, "seconds": {}}
+    commit_piece(out, unit.index, pos, pos + 1, rows.table(), stats)
+
+
+def merge_pieces(out: Path, unit: Unit) -> bool:
+    """Merge a bisected unit's pieces into its part (listing order), then drop them."""
+    files = sorted((out / PIECES_DIR).glob(f"u{unit.index:06d}-*.parquet"))
+    tables = [pq.read_table(p) for p in files]
+    stats: dict = {"images": 0, "ok": 0, "errors": 0, "error_kinds": {}, "seconds": {}, "bisected": True}
+    for t in tables:
+        part = part_stats(t)
+        for k in ("images", "ok", "errors"):
+            stats[k] += part.get(k, 0)
+        sum_into(stats["error_kinds"], part.get("error_kinds", {}))
+        sum_into(stats["seconds"], part.get("seconds", {}))
+    table = pa.concat_tables([t.replace_schema_metadata(None) for t in tables])
+    committed = commit_part(out, unit.index, table, stats)
+    for p in files:
+        p.unlink(missing_ok=True)
+    return committed
+
+
+def clear_pieces(out: Path, units: list[Unit]) -> None:
+    """Drop leftover pieces of uncommitted units (a bisection interrupted by a crash restarts)."""
+    pieces = out / PIECES_DIR
+    if pieces.exists():
+        wanted = {f"u{u.index:06d}-" for u in units}
+        for p in pieces.iterdir():
+            if p.name[:8] in wanted:
+                p.unlink(missing_ok=True)
+
+
+# -- verification ------------------------------------------------------------------------------
+
+
+def check_part(out: Path, unit: Unit, listing: pq.ParquetFile | None = None) -> str | None:
+    """What is wrong with ``unit``'s committed part, or None. Without ``listing`` the check is cheap
+    (size and sha256 against the commit record); a part without a record, or with ``listing``, is read
+    in full: every page (checksums), one row per listed image, in listing order."""
+    path = out / part_name(unit.index)
+    record = None
+    with contextlib.suppress(FileNotFoundError, ValueError, TypeError):
+        record = CommitRecord(**json.loads(_record_path(out, unit.index).read_text("utf-8")))
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        fsync_dir(path.parent)
+        if record is not None:
+            size, digest = _sha256(path)
+            if size != record.bytes:
+                return f"{size} bytes, {record.bytes} were committed"
+            if digest != record.sha256:
+                return "its content changed after the commit (sha256 differs)"
+        if record is not None and listing is None:
+            return None
+        table = pq.read_table(path, columns=["image_id", "status"], page_checksum_verification=True)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        return f"unreadable: {exc}"
+    ids = unit_ids(listing, unit) if listing is not None else None
+    if table.num_rows != unit.size:
+        return f"{table.num_rows} rows for {unit.size} listed images"
+    if ids is not None and table["image_id"].to_pylist() != ids:
+        return "its image ids differ from the unit's listing"
+    if not set(table["status"].to_pylist()) <= {"ok", "error"}:
+        return "a status other than 'ok' or 'error'"
+    if record is None:
+        _write_record(out, unit.index, table.num_rows)  # verified: a resume can check it cheaply from now on
+    return None
+
+
+def quarantine(out: Path, unit: int, reason: str) -> Path:
+    """Move a damaged part aside (kept for inspection, with why) so its unit is redone."""
+    damaged = out / DAMAGED_DIR
+    damaged.mkdir(exist_ok=True)
+    dest = damaged / f"{part_name(unit)}.{time.strftime('%Y%m%dT%H%M%S')}.{os.getpid()}"
+    os.replace(out / part_name(unit), dest)
+    _record_path(out, unit).unlink(missing_ok=True)
+    write_text(dest.with_name(dest.name + ".why.txt"), reason + "\n")
+    return dest
+
+
+def set_aside_damaged(out: Path, units: list[Unit], listing: pq.ParquetFile | None = None) -> dict[int, str]:
+    """Check the committed parts of ``units`` (cheaply, or in full with ``listing``); damaged ones are
+    moved to ``_damaged/``. Returns {unit: problem}."""
+    done = committed_units(out)
+    problems: dict[int, str] = {}
+    for u in units:
+        if u.index in done and (problem := check_part(out, u, listing)) is not None:
+            quarantine(out, u.index, problem)
+            problems[u.index] = problem
+    return problems
+
+
+# -- clearing, restart --------------------------------------------------------------------------
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
         return True
-    finally:
-        tmp.unlink(missing_ok=True)
+    return True
 
 
-def write_replace(path: Path, text: str) -> None:
-    """Write ``path`` atomically, replacing any previous version."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def clean_temps(out: Path) -> list[Path]:
+    """Remove temp files left by killed writers: those of this host whose process is gone, and those
+    of other hosts older than a day. A live writer's temp file is never touched."""
+    removed = []
+    here = socket.gethostname()
+    now = time.time()
+    for folder in (out, out / PIECES_DIR, out / COMMITS_DIR):
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(folder):
+                owner = temp_owner(entry.name)
+                if owner is None:
+                    continue
+                host, pid = owner
+                with contextlib.suppress(FileNotFoundError):
+                    stale = (
+                        not _pid_alive(pid)
+                        if host == here
+                        else now - entry.stat().st_mtime > STALE_FOREIGN_TEMP_SECONDS
+                    )
+                    if stale:
+                        os.unlink(entry.path)
+                        removed.append(Path(entry.path))
+    return removed
 
 
-def read_job(out: Path) -> dict | None:
+def _ours(name: str, with_job_file: bool) -> bool:
+    if name.startswith((TEMP_PREFIX, LOCK_PREFIX)) or name in OWN_FILES or name in OWN_DIRS:
+        return True
+    return with_job_file and PART_RE.match(name) is not None
+
+
+def foreign_entries(out: Path) -> list[str]:
+    """Entries of ``out`` this tool did not write (hidden dot-files aside: never ours to delete, never
+    in the way). Without a ``_job.json``, part files are not provably ours either (another tool's
+    dataset, a user's file of the same name)."""
+    has_job = (out / JOB_FILE).is_file()
     try:
-        return json.loads((out / JOB_FILE).read_text("utf-8"))
+        names = sorted(os.listdir(out))
     except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise IncompatibleOutputError(f"{out / JOB_FILE} is unreadable ({exc}); rerun with --restart") from None
-
-
-def _identity(manifest: Manifest, model: ModelSpec) -> dict:
-    return {
-        "fingerprint": manifest.fingerprint(),
-        "model": model.name,
-        "model_identity": model.identity,
-        "preprocess": model.preprocess.__dict__
-        | {"mean": list(model.preprocess.mean), "std": list(model.preprocess.std)},
-        "unit_size": manifest.runtime.unit_size,
-    }
-
-
-def _check(out: Path, meta: dict, want: dict) -> None:
-    names = {
-        "fingerprint": "the manifest's [dataset]/[model] tables",
-        "model_identity": "the model file",
-        "preprocess": "the preprocessing",
-        "unit_size": "runtime.unit_size",
-    }
-    diffs = [f"{names[k]} ({meta.get(k)!r} there, {want[k]!r} now)" for k in names if meta.get(k) != want[k]]
-    if diffs:
-        raise IncompatibleOutputError(
-            f"{out} holds results of a different job: "
-            + "; ".join(diffs)
-            + ". Use another job.output, or rerun with --restart to discard those results."
-        )
+        return []
+    return [n for n in names if not (n.startswith(".") or n == SLURM_DIR or _ours(n, has_job))]
 
 
 def restart(out: Path) -> None:
-    """Delete this tool's files in ``out`` (results included); leaves anything else alone."""
+    """Delete what this tool wrote in ``out`` (results included), after checking that the directory
+    is an ascend-batch output: anything it did not write makes it refuse, deleting nothing."""
     if not out.exists():
         return
+    strangers = foreign_entries(out)
+    if strangers:
+        shown = ", ".join(strangers[:5]) + (", ..." if len(strangers) > 5 else "")
+        raise IncompatibleOutputError(
+            f"--restart refused: {out} is not (only) an ascend-batch output directory; it holds {shown}. "
+            "Nothing was deleted; choose another job.output"
+        )
     for entry in out.iterdir():
-        name = entry.name
-        ours = (
-            PART_RE.match(name)
-            or name in (JOB_FILE, SUMMARY_FILE, SUCCESS_FILE, LISTING_FILE, "_pieces", "_evaluation.json")
-            or name.startswith(".tmp-")
-        )
-        if not ours:
-            continue
-        if entry.is_dir():
+        if entry.name.startswith(LOCK_PREFIX):
+            continue  # held by this run
+        if entry.is_dir() and entry.name in OWN_DIRS:
             shutil.rmtree(entry)
-        else:
+        elif entry.is_file() and _ours(entry.name, True):
             entry.unlink(missing_ok=True)
-
-
-def prepare(manifest: Manifest, model: ModelSpec, out: Path) -> JobInfo:
-    """Create or reopen the job in ``out``; refuse an incompatible one. Call under the job lock."""
-    out.mkdir(parents=True, exist_ok=True)
-    want = _identity(manifest, model)
-    meta = read_job(out)
-    if meta is None:
-        strangers = [p.name for p in out.iterdir() if not p.name.startswith((".", "_"))]
-        if strangers:
-            raise IncompatibleOutputError(
-                f"{out} is not empty and is not an ascend-batch output directory (found {strangers[:3]}); "
-                "choose another job.output"
-            )
-        listing = out / LISTING_FILE
-        snapshot = (
-            read_snapshot(listing)
-            if listing.exists()
-            else write_snapshot(
-                skip_existing(list_items(manifest.dataset), manifest.dataset.skip_existing, own=out),
-                listing,
-                manifest.runtime.unit_size,
-            )
-        )
-        meta = {
-            "version": __version__,
-            "name": manifest.job.name,
-            **want,
-            "listing": snapshot.digest,
-            "n_items": snapshot.n_items,
-            "n_units": len(snapshot.units),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "manifest": str(manifest.source) if manifest.source else None,
-        }
-        if write_exclusive(out / JOB_FILE, json.dumps(meta, indent=2)):
-            return JobInfo(out, snapshot, meta)
-        meta = read_job(out) or {}  # another shard created it first: verify below
-    _check(out, meta, want)
-    listing = out / LISTING_FILE
-    if not listing.exists():
-        raise IncompatibleOutputError(f"{listing} is missing; the results cannot be resumed: rerun with --restart")
-    snapshot = read_snapshot(listing)
-    if snapshot.digest != meta.get("listing"):
-        raise IncompatibleOutputError(f"{listing} does not match {out / JOB_FILE}; rerun with --restart")
-    return JobInfo(out, snapshot, meta)

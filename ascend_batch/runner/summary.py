@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import collections
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,8 +12,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import IncompatibleOutputError
-from .outdir import read_job
-from .writer import PART_RE, part_stats, sum_into
+from .jobdir import read_job
+from .outdir import part_files
+from .writer import part_stats, sum_into
 
 
 @dataclass
@@ -50,10 +50,6 @@ class JobStatus:
 
     def top_errors(self, n: int = 5) -> list[tuple[str, int]]:
         return collections.Counter(self.error_kinds).most_common(n)
-
-
-def part_files(out: Path) -> list[Path]:
-    return sorted(out / n for n in os.listdir(out) if PART_RE.match(n))
 
 
 def error_kind(message: str | None) -> str:

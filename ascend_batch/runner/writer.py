@@ -1,26 +1,14 @@
-"""Result rows and their atomic, exactly-once commit as ``part-<unit>.parquet``.
-
-A unit's rows go to a hidden temp file in the output directory (``.`` prefix: readers skip it),
-which is flushed and fsynced, then hard-linked to its final name. ``link`` fails if the part
-already exists, so a committed unit is never rewritten, even by a concurrent run. The directory
-is fsynced after the link so the commit survives a power cut.
-"""
+"""Result rows: the Parquet schema (declared once), a unit's rows as columns, top-k, and the per-unit
+statistics kept in a part's footer. Committing them is :mod:`.outdir`'s job."""
 
 from __future__ import annotations
 
 import json
-import os
-import re
-import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
-
-from ..plan import fsync_dir
 
 SCHEMA = pa.schema(
     [
@@ -46,11 +34,6 @@ SCHEMA = pa.schema(
     ]
 )
 STATS_KEY = b"ascend_batch.stats"
-PART_RE = re.compile(r"^part-(\d+)\.parquet$")
-
-
-def part_name(unit: int) -> str:
-    return f"part-{unit:06d}.parquet"
 
 
 @dataclass
@@ -138,45 +121,6 @@ def topk(logits: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
     idx = np.take_along_axis(idx, order, axis=1)
     p = np.take_along_axis(p, order, axis=1)
     return idx.astype(np.int16), p.astype(np.float32)
-
-
-def commit_table(out: Path, name: str, table: pa.Table, stats: dict | None = None, tag: str = "") -> bool:
-    """Write ``table`` to ``out/name`` atomically; False if that name was already committed."""
-    final = out / name
-    if final.exists():
-        return False
-    tmp = out / f".tmp-{name}{tag}.{socket.gethostname()}.{os.getpid()}"
-    if stats is not None:
-        meta = dict(table.schema.metadata or {})
-        meta[STATS_KEY] = json.dumps(stats).encode()
-        table = table.replace_schema_metadata(meta)
-    try:
-        with open(tmp, "wb") as f:
-            pq.write_table(table, f, compression="zstd")
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, final)
-        except FileExistsError:
-            return False
-        fsync_dir(out)
-        return True
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def committed_units(out: Path) -> set[int]:
-    """Units whose part file exists: the checkpoint."""
-    done: set[int] = set()
-    try:
-        names = os.listdir(out)
-    except FileNotFoundError:
-        return done
-    for name in names:
-        m = PART_RE.match(name)
-        if m:
-            done.add(int(m.group(1)))
-    return done
 
 
 def part_stats(table: pa.Table) -> dict:

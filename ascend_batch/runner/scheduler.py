@@ -1,0 +1,197 @@
+"""The supervisor's decisions, without processes: which task runs next, and what a task's success,
+failure or worker death means. Pure bookkeeping, so every decision is tested in-process
+(``tests/test_scheduler.py`` drives it with a scripted fake worker).
+
+The rules:
+
+* A task that fails (its worker raised, or died after its model was up) is retried up to
+  ``max_retries`` times, then bisected; halves of a unit run before their own halves (breadth
+  first), so a failing piece's sibling always speaks before anything deeper runs.
+* A single image that still fails is blamed (a ``crash``/``runtime`` error row) only with evidence
+  that the device works: another piece of its unit succeeded, or the device completed a task in
+  this run. Without evidence it is tried again later, after other work.
+* Not the images' fault, so the job stops (:class:`Verdict`) and nothing is blamed:
+  - an environmental failure (memory, the output's disk) at once;
+  - both halves of a split failing with the same runtime error while nothing of their unit succeeded;
+  - a device failing ``max_retries + 5`` tasks in a row: it is given up; when no device is left the
+    job stops. A poison image costs at most ``max_retries + 2`` failures in a row before a sibling
+    piece succeeds, so this never fires on one.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from dataclasses import dataclass, field
+
+from ..errors import EXIT_ENVIRONMENT, EXIT_STARTUP
+from ..plan import Unit
+from .messages import Cause, Task
+
+DEVICE_STREAK_MARGIN = 5
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The job must stop: a failure that no image caused. ``exit_code`` is the CLI's."""
+
+    exit_code: int
+    message: str
+
+
+@dataclass(frozen=True)
+class CrashRow:
+    """Write the error row of the single image of ``task`` (then :class:`Merge` may follow)."""
+
+    task: Task
+    message: str
+
+
+@dataclass(frozen=True)
+class Merge:
+    """Every piece of ``unit`` is written: merge them into its part."""
+
+    unit: Unit
+
+
+@dataclass(frozen=True)
+class Committed:
+    unit: Unit
+
+
+@dataclass(frozen=True)
+class GiveUpDevice:
+    device: str
+    reason: str
+
+
+Action = CrashRow | Merge | Committed | GiveUpDevice
+
+
+@dataclass
+class Scheduler:
+    units: list[Unit]
+    devices: list[str]
+    max_retries: int
+    queue: collections.deque[Task] = field(default_factory=collections.deque)
+    verdict: Verdict | None = None
+    dead: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.queue = collections.deque(Task(u, u.start, u.stop) for u in self.units)
+        self._attempts: collections.Counter[tuple[int, int, int]] = collections.Counter()
+        self._pending: dict[int, set[tuple[int, int, int]]] = {}  # bisected unit -> pieces not yet written
+        self._sibling: dict[tuple[int, int, int], tuple[int, int, int]] = {}
+        self._runtime_failure: dict[tuple[int, int, int], str] = {}
+        self._unit_ok: set[int] = set()  # units of which some piece succeeded
+        self._proven: set[str] = set()  # devices that completed a task in this run
+        self._streak: collections.Counter[str] = collections.Counter()  # failures in a row, per device
+
+    # -- queue -------------------------------------------------------------------------------
+    def take(self) -> Task | None:
+        return self.queue.popleft() if self.queue and self.verdict is None else None
+
+    def give_back(self, task: Task) -> None:
+        """A task whose worker died before it began (model still loading): not the task's fault."""
+        self.queue.appendleft(task)
+
+    # -- outcomes ----------------------------------------------------------------------------
+    def done(self, task: Task, device: str) -> list[Action]:
+        self._streak[device] = 0
+        self._proven.add(device)
+        if not task.piece:
+            return [Committed(task.unit)]
+        self._unit_ok.add(task.unit.index)
+        return self._piece_written(task)
+
+    def failed(self, task: Task, device: str, cause: Cause, message: str) -> list[Action]:
+        """The worker raised while running ``task``."""
+        if cause is Cause.ENVIRONMENT:
+            self.verdict = Verdict(EXIT_ENVIRONMENT, f"{message} (on {device}, unit {task.unit.index})")
+            return []
+        return self._charge(task, device, f"runtime: {message}", runtime=True)
+
+    def died(self, task: Task, device: str, reason: str) -> list[Action]:
+        """The worker died while running ``task`` (its model was up)."""
+        return self._charge(task, device, f"crash: {reason}", runtime=False)
+
+    # -- internals ---------------------------------------------------------------------------
+    def _charge(self, task: Task, device: str, reason: str, *, runtime: bool) -> list[Action]:
+        self._attempts[task.key] += 1
+        self._streak[device] += 1
+        task = dataclasses.replace(task, attempt=self._attempts[task.key], failures=task.failures + 1)
+        if self._streak[device] >= self.max_retries + DEVICE_STREAK_MARGIN:
+            return self._give_up(device, task, reason)
+        if not task.piece and task.attempt <= self.max_retries:
+            self.queue.appendleft(task)
+            return []
+        if runtime and task.piece and not self._unit_ok.intersection([task.unit.index]):
+            sibling = self._sibling.get(task.key)
+            self._runtime_failure[task.key] = reason
+            if sibling is not None and self._runtime_failure.get(sibling) == reason:
+                self.verdict = Verdict(
+                    EXIT_STARTUP,
+                    f"{reason} (on {device}): both halves of unit {task.unit.index} failed the same way, so no image "
+                    "is to blame; check the model, runtime.batch_size and the device",
+                )
+                return []
+        if task.size > 1:
+            self._split(task)
+            return []
+        if task.unit.index in self._unit_ok or device in self._proven:
+            return [
+                CrashRow(task, f"{reason} while processing this image (failed {task.failures} times)"),
+                *self._leaf_written(task),
+            ]
+        self.queue.append(task)  # no evidence yet that the device works: try it again after other work
+        return []
+
+    def _split(self, task: Task) -> None:
+        mid = (task.start + task.stop) // 2
+        halves = [
+            dataclasses.replace(task, start=task.start, stop=mid, depth=task.depth + 1, attempt=0),
+            dataclasses.replace(task, start=mid, stop=task.stop, depth=task.depth + 1, attempt=0),
+        ]
+        a, b = halves[0].key, halves[1].key
+        self._sibling[a], self._sibling[b] = b, a
+        pending = self._pending.setdefault(task.unit.index, set())
+        pending.discard(task.key)
+        pending.update((a, b))
+        # breadth first: after the pieces of this unit already queued, so siblings run before children
+        at = 0
+        for i, queued in enumerate(self.queue):
+            if queued.unit.index == task.unit.index:
+                at = i + 1
+        self.queue.insert(at, halves[1])
+        self.queue.insert(at, halves[0])
+
+    def _leaf_written(self, task: Task) -> list[Action]:
+        if not task.piece:  # a unit of one image: its crash row is the whole unit
+            self._pending[task.unit.index] = {task.key}
+        return self._piece_written(task)
+
+    def _piece_written(self, task: Task) -> list[Action]:
+        pending = self._pending.get(task.unit.index)
+        if pending is None:
+            return []
+        pending.discard(task.key)
+        if pending:
+            return []
+        del self._pending[task.unit.index]
+        return [Merge(task.unit)]
+
+    def _give_up(self, device: str, task: Task, reason: str) -> list[Action]:
+        self.dead.add(device)
+        self.queue.appendleft(task)  # not blamed: another device may take it
+        if set(self.devices) <= self.dead:
+            self.verdict = Verdict(
+                EXIT_STARTUP,
+                f"{reason}: {self._streak[device]} tasks in a row failed on {device} and no device is left; this is "
+                "not caused by images (a single bad image fails at most a few times before a neighbour succeeds)",
+            )
+        return [GiveUpDevice(device, reason)]
+
+    @property
+    def busy_units(self) -> set[int]:
+        """Units being bisected (pieces outstanding)."""
+        return set(self._pending)

@@ -1,0 +1,86 @@
+"""The :class:`Item` every source yields, and the small helpers the listers share."""
+
+from __future__ import annotations
+
+import lzma
+import tarfile
+import zipfile
+import zlib
+from dataclasses import dataclass
+
+from .ids import make_id, printable
+
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tbz", ".tar.xz", ".txz")
+ZIP_SUFFIXES = (".zip",)
+ARCHIVE_SUFFIXES = TAR_SUFFIXES + ZIP_SUFFIXES
+LIST_SUFFIXES = (".txt", ".csv", ".parquet")
+GLOB_CHARS = "*?["
+DEFAULT_MAX_MEMBER_BYTES = 256 * 1024 * 1024
+
+# errors that a damaged archive can raise from the standard library's readers
+ARCHIVE_ERRORS = (
+    tarfile.TarError,
+    zipfile.BadZipFile,
+    zlib.error,
+    lzma.LZMAError,
+    EOFError,
+    OSError,
+    ValueError,
+    NotImplementedError,
+    RuntimeError,  # zipfile: encrypted member
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One input file. ``id`` is stable across runs and unique: ``relative/path.jpg`` for directory
+    files, ``archive.tar::member/path.jpg`` for archive members, each part escaped by
+    :func:`~ascend_batch.sources.ids.escape_name`. ``kind`` is ``file``, ``tar``, ``zip`` or
+    ``error`` (a listing-time failure, e.g. a truncated archive, reported as one error row)."""
+
+    id: str
+    source: str  # the manifest entry it came from, as written
+    kind: str
+    path: str  # absolute path of the file or of the archive
+    member: str | None = None  # archive member name, as the archive stores it (not escaped)
+    size: int = -1
+    mtime: float = 0.0
+    error: str | None = None  # set for kind == "error": "kind: message"
+    # tar: offset of the member's data in the (decompressed) tar stream; zip: offset of the
+    # member's local header (tells apart members that share a name); -1 otherwise
+    offset: int = -1
+
+
+def error_item(name: str, source: str, path: str, kind: str, message: str) -> Item:
+    """An error item for the file or archive ``name`` (raw, escaped here into its id)."""
+    return Item(make_id(name), source, "error", path, error=printable(f"{kind}: {message}"))
+
+
+def join_rel(prefix: str, rel: str) -> str:
+    """``prefix/rel`` with either part possibly empty."""
+    if not prefix:
+        return rel
+    if not rel:
+        return prefix
+    return f"{prefix.rstrip('/')}/{rel}"
+
+
+def is_archive(name: str) -> bool:
+    return name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def is_list_file(name: str) -> bool:
+    return name.lower().endswith(LIST_SUFFIXES)
+
+
+def has_magic(text: str) -> bool:
+    return any(ch in text for ch in GLOB_CHARS)
+
+
+def oserror_text(exc: OSError, path: str) -> str:
+    return f"{exc.strerror or type(exc).__name__}: {exc.filename or path}"
+
+
+def exc_text(exc: BaseException) -> str:
+    text = str(exc)
+    return text if text else type(exc).__name__
