@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import uuid
 from collections.abc import Iterator
@@ -23,14 +24,23 @@ def temp_name(name: str) -> str:
     return f"{TEMP_PREFIX}{name}~{socket.gethostname()}~{os.getpid()}~{uuid.uuid4().hex[:8]}"
 
 
+# temp names of versions before 0.2: ".tmp-<name>[<tag>].<host>.<pid>" and ".<name>.<pid>[.<random>].tmp"
+_LEGACY_TMP = re.compile(r"^\.tmp-(?P<rest>.+)\.(?P<pid>\d+)$")
+_LEGACY_DOT = re.compile(r"^\.[^.].*\.(?P<pid>\d+)(?:\.[0-9a-f]{8})?\.tmp$")
+
+
 def temp_owner(name: str) -> tuple[str, int] | None:
-    """``(host, pid)`` of the process that made temp file ``name``; None if it is no temp of ours."""
-    if not name.startswith(TEMP_PREFIX):
-        return None
+    """``(host, pid)`` of the process that made temp file ``name`` ("" for a host it cannot tell);
+    None if it is no temp file of this tool."""
     parts = name.rsplit("~", 3)
-    if len(parts) != 4 or not parts[2].isdigit():
-        return None
-    return parts[1], int(parts[2])
+    if name.startswith(TEMP_PREFIX) and len(parts) == 4 and parts[2].isdigit():
+        return parts[1], int(parts[2])
+    here = socket.gethostname()
+    if m := _LEGACY_TMP.match(name):
+        return (here if m["rest"].endswith("." + here) else ""), int(m["pid"])
+    if m := _LEGACY_DOT.match(name):
+        return here, int(m["pid"])
+    return None
 
 
 def fsync_dir(path: Path) -> None:

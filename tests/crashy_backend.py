@@ -55,3 +55,66 @@ class SlowBackend(OnnxBackend):
 
     def open(self, device, model, *, batch_size, threads):  # type: ignore[no-untyped-def]
         return SlowSession(device, model, batch_size=batch_size, threads=threads)
+
+
+class FailingSession(OnnxSession):
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        raise RuntimeError("device lost (injected): every batch fails")
+
+
+class FailingBackend(OnnxBackend):
+    """The model loads, then every batch fails with the same runtime error, whatever the images (a
+    device fallen off the bus, a broken driver)."""
+
+    name = "failing"
+
+    def open(self, device, model, *, batch_size, threads):  # type: ignore[no-untyped-def]
+        return FailingSession(device, model, batch_size=batch_size, threads=threads)
+
+
+class DyingSession(OnnxSession):
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        os.kill(os.getpid(), signal.SIGSEGV)
+        return super().infer(batch)
+
+
+class DyingBackend(OnnxBackend):
+    """The model loads, then the process dies on every batch, whatever the images."""
+
+    name = "dying"
+
+    def open(self, device, model, *, batch_size, threads):  # type: ignore[no-untyped-def]
+        return DyingSession(device, model, batch_size=batch_size, threads=threads)
+
+
+def _poison_jpeg_decoder() -> None:
+    """Make Pillow's JPEG decoder crash the process (SIGSEGV) on a JPEG whose comment is b"poison",
+    as a native decoder bug on a crafted file would."""
+    from PIL import JpegImagePlugin
+
+    cls = JpegImagePlugin.JpegImageFile
+    if getattr(cls, "_poisoned", False):
+        return
+    original = cls.load
+
+    def load(self):  # type: ignore[no-untyped-def]
+        if self.info.get("comment") == b"poison":
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return original(self)
+
+    cls.load = load  # type: ignore[method-assign]
+    cls._poisoned = True  # type: ignore[attr-defined]
+
+
+class PoisonDecodeBackend(OnnxBackend):
+    """onnxruntime whose model takes 1.5 s to load, in a process whose JPEG decoder dies on a poison
+    file: the first unit decodes (and dies) while the model is still loading."""
+
+    name = "poison-decode"
+
+    def __init__(self, options=None) -> None:  # type: ignore[no-untyped-def]
+        _poison_jpeg_decoder()
+
+    def open(self, device, model, *, batch_size, threads):  # type: ignore[no-untyped-def]
+        time.sleep(1.5)
+        return OnnxSession(device, model, batch_size=batch_size, threads=threads)

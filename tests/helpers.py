@@ -13,6 +13,15 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+PLUGINS = {"PYTHONPATH": f"{TESTS}{os.pathsep}{REPO}"}  # the test backends in tests/crashy_backend.py
+
+
+def use_test_backend(manifest: Path, name: str) -> None:
+    """Switch ``manifest`` to ``crashy_backend:<name>`` (needs :data:`PLUGINS` in the environment)."""
+    text = manifest.read_text()
+    assert 'backend = "onnxruntime"' in text
+    manifest.write_text(text.replace('backend = "onnxruntime"', f'backend = "crashy_backend:{name}"'))
 
 
 def tiny_onnx(path: Path, classes: int = 10, size: int = 32, batch: int | None = None, seed: int = 0) -> Path:

@@ -14,18 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import REPO, cli, make_images, tiny_manifest
+from helpers import PLUGINS, cli, make_images, tiny_manifest, use_test_backend
 from PIL import Image
-
-TESTS = Path(__file__).resolve().parent
-PLUGINS = {"PYTHONPATH": f"{TESTS}{os.pathsep}{REPO}"}  # the test backends in tests/crashy_backend.py
-
-
-def use_test_backend(manifest: Path, name: str) -> None:
-    """Switch ``manifest`` to ``crashy_backend:<name>`` (needs :data:`PLUGINS` in the environment)."""
-    text = manifest.read_text()
-    assert 'backend = "onnxruntime"' in text
-    manifest.write_text(text.replace('backend = "onnxruntime"', f'backend = "crashy_backend:{name}"'))
 
 
 def start(manifest: Path, *args: str, env: dict | None = None) -> subprocess.Popen:

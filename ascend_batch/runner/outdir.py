@@ -28,7 +28,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..atomic import TEMP_PREFIX, atomic_create, temp_owner, write_text
+from ..atomic import atomic_create, temp_owner, write_text
 from ..errors import IncompatibleOutputError
 from ..plan import Unit, read_unit_items, unit_ids
 from .writer import STATS_KEY, RowBuffer, part_stats, sum_into
@@ -191,7 +191,7 @@ def check_part(out: Path, unit: Unit, listing: pq.ParquetFile | None = None) -> 
                 return "its content changed after the commit (sha256 differs)"
         if record is not None and listing is None:
             return None
-        table = pq.read_table(path, columns=["image_id", "status"], page_checksum_verification=True)
+        table = pq.read_table(path, page_checksum_verification=True)  # every page of every column
     except (OSError, ValueError, pa.ArrowException) as exc:
         return f"unreadable: {exc}"
     ids = unit_ids(listing, unit) if listing is not None else None
@@ -268,7 +268,7 @@ def clean_temps(out: Path) -> list[Path]:
 
 
 def _ours(name: str, with_job_file: bool) -> bool:
-    if name.startswith((TEMP_PREFIX, LOCK_PREFIX)) or name in OWN_FILES or name in OWN_DIRS:
+    if name.startswith(LOCK_PREFIX) or temp_owner(name) is not None or name in OWN_FILES or name in OWN_DIRS:
         return True
     return with_job_file and PART_RE.match(name) is not None
 

@@ -1,0 +1,374 @@
+"""The promise users build on, tried as a hostile archive and an unlucky night would, through the
+real CLI: exit 0 and ``_SUCCESS`` mean every listed image has exactly one honest row; a failure no
+image caused stops the job with a documented code, blames no image, loses nothing, and a rerun
+recovers."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from helpers import PLUGINS, cli, make_images, tiny_manifest, use_test_backend
+from PIL import Image
+
+from ascend_batch.errors import (
+    EXIT_ENVIRONMENT,
+    EXIT_INCOMPATIBLE,
+    EXIT_INCOMPLETE,
+    EXIT_OK,
+    EXIT_STARTUP,
+    EXIT_TOO_MANY_ERRORS,
+)
+
+
+def rows(out: Path) -> pd.DataFrame:
+    return pd.read_parquet(out).sort_values("image_id").reset_index(drop=True)
+
+
+def run(manifest: Path, *args: str) -> subprocess.CompletedProcess:
+    return cli("run", manifest, "--no-progress", *args, env=PLUGINS, timeout=240)
+
+
+def snapshot_tree(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` (relative path -> sha256)."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def assert_exactly_once(out: Path, names: list[str]) -> pd.DataFrame:
+    df = rows(out)
+    assert sorted(df["image_id"]) == sorted(names) and df["image_id"].is_unique
+    return df
+
+
+# -- 1. _SUCCESS exists exactly when run or finalize would exit 0 --------------------------------
+
+
+def test_exit_6_writes_no_success_and_finalize_agrees(tmp_path: Path) -> None:
+    make_images(tmp_path / "imgs", 8, seed=1)
+    for i in range(2):
+        (tmp_path / "imgs" / f"broken{i}.jpg").write_bytes(b"not an image")
+    m = tiny_manifest(tmp_path, tmp_path / "imgs", extra_job="max_error_fraction = 0.1")
+    r = run(m)
+    assert r.returncode == EXIT_TOO_MANY_ERRORS, r.stderr
+    out = tmp_path / "out"
+    assert not (out / "_SUCCESS").exists()
+    summary = json.loads((out / "_summary.json").read_text())
+    assert summary["complete"] and summary["verified"]["success"] is False
+    assert len(rows(out)) == 10  # the rows are all there: only the verdict on them is "too many errors"
+    fin = cli("finalize", out)  # the threshold recorded in _job.json applies to finalize too
+    assert fin.returncode == EXIT_TOO_MANY_ERRORS and not (out / "_SUCCESS").exists()
+    ok = cli("finalize", out, "--max-error-fraction", "0.5")
+    assert ok.returncode == EXIT_OK and (out / "_SUCCESS").exists()
+
+
+def test_finalize_removes_a_stale_success(tmp_path: Path) -> None:
+    make_images(tmp_path / "imgs", 25, seed=2)
+    m = tiny_manifest(tmp_path, tmp_path / "imgs")
+    assert run(m).returncode == EXIT_OK
+    out = tmp_path / "out"
+    assert (out / "_SUCCESS").exists()
+    (out / "part-000001.parquet").unlink()
+    fin = cli("finalize", out)
+    assert fin.returncode == EXIT_INCOMPLETE, fin.stderr
+    assert not (out / "_SUCCESS").exists()
+    assert "1 of 3 units are not committed" in fin.stderr
+
+
+# -- 2. a poison image is isolated to its own row in every case -------------------------------------
+
+
+def test_poison_image_alone_in_its_unit_gets_its_row(tmp_path: Path) -> None:
+    make_images(tmp_path / "imgs", 10, seed=3)
+    Image.new("RGB", (40, 40), (255, 0, 255)).save(tmp_path / "imgs" / "zz-poison.png")  # unit 1: one image
+    m = tiny_manifest(tmp_path, tmp_path / "imgs", unit_size=10, extra_runtime="max_retries = 2")
+    use_test_backend(m, "CrashyBackend")
+    r = run(m)
+    assert r.returncode == EXIT_OK, r.stderr
+    out = tmp_path / "out"
+    df = assert_exactly_once(out, [f"img{i:05d}.jpg" for i in range(10)] + ["zz-poison.png"])
+    bad = df[df["status"] == "error"]
+    assert list(bad["image_id"]) == ["zz-poison.png"]
+    # the unit's first try and its two retries all died: three failed tasks held this image
+    assert bad["error"].iloc[0] == (
+        "crash: worker on cpu:0 killed by SIGSEGV while processing this image (failed 3 times)"
+    )
+    assert (out / "_SUCCESS").exists()
+
+
+def test_crash_count_adds_up_over_bisection(tmp_path: Path) -> None:
+    make_images(tmp_path / "imgs", 3, seed=4)
+    Image.new("RGB", (40, 40), (255, 0, 255)).save(tmp_path / "imgs" / "a-poison.png")  # position 0 of 4
+    m = tiny_manifest(tmp_path, tmp_path / "imgs", unit_size=4, extra_runtime="max_retries = 1")
+    use_test_backend(m, "CrashyBackend")
+    r = run(m)
+    assert r.returncode == EXIT_OK, r.stderr
+    bad = rows(tmp_path / "out").query("status == 'error'")
+    # unit [0,4) twice (max_retries = 1), then [0,2), then [0,1): four failed tasks held it
+    assert bad["error"].tolist() == [
+        "crash: worker on cpu:0 killed by SIGSEGV while processing this image (failed 4 times)"
+    ]
+
+
+def test_poison_image_that_kills_the_decoder_while_the_model_loads(tmp_path: Path) -> None:
+    make_images(tmp_path / "imgs", 6, seed=5)
+    Image.new("RGB", (48, 48), (10, 200, 30)).save(tmp_path / "imgs" / "img00002-poison.jpg", comment=b"poison")
+    m = tiny_manifest(tmp_path, tmp_path / "imgs", unit_size=10, extra_runtime="max_retries = 1")
+    use_test_backend(m, "PoisonDecodeBackend")
+    r = run(m)
+    assert r.returncode == EXIT_OK, r.stderr  # not "no device could start a worker" (exit 3)
+    assert "while starting; restarting it with the model loaded first" in r.stderr
+    df = assert_exactly_once(tmp_path / "out", [f"img{i:05d}.jpg" for i in range(6)] + ["img00002-poison.jpg"])
+    bad = df[df["status"] == "error"]
+    assert list(bad["image_id"]) == ["img00002-poison.jpg"]
+    assert bad["error"].iloc[0].startswith("crash: worker on cpu:0 killed by SIGSEGV while processing this image")
+
+
+# -- 3. a failure no image caused is never blamed on images -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("backend", "says"),
+    [
+        ("FailingBackend", "runtime: device cpu:0: onnxruntime"),  # never reached: see the assertion below
+        ("DyingBackend", "tasks in a row failed on cpu:0"),
+    ],
+)
+def test_runtime_failing_every_batch_stops_the_job_and_blames_no_image(tmp_path: Path, backend: str, says: str) -> None:
+    make_images(tmp_path / "imgs", 20, seed=6)
+    m = tiny_manifest(tmp_path, tmp_path / "imgs", unit_size=10, extra_runtime="max_retries = 1")
+    use_test_backend(m, backend)
+    r = run(m)
+    assert r.returncode == EXIT_STARTUP, r.stderr
+    assert "no image" in r.stderr and "rerun to resume" in r.stderr
+    if backend == "FailingBackend":
+        assert "device lost (injected): every batch fails" in r.stderr and "both halves of unit" in r.stderr
+    else:
+        assert says in r.stderr
+    out = tmp_path / "out"
+    assert not (out / "_SUCCESS").exists()
+    assert not list(out.glob("part-*.parquet"))  # no row at all: nothing was blamed
+    pieces = out / "_pieces"
+    assert not pieces.exists() or not any(p.name.endswith(".parquet") for p in pieces.iterdir())
+    # the cause fixed, a rerun completes the job
+    m.write_text(m.read_text().replace(f'"crashy_backend:{backend}"', '"onnxruntime"'))
+    again = run(m)
+    assert again.returncode == EXIT_OK, again.stderr
+    df = assert_exactly_once(out, [f"img{i:05d}.jpg" for i in range(20)])
+    assert (df["status"] == "ok").all()
+
+
+def test_batch_that_cannot_be_allocated_is_out_of_memory_not_images(tmp_path: Path) -> None:
+    make_images(tmp_path / "imgs", 6, seed=7)
+    m = tiny_manifest(tmp_path, tmp_path / "imgs", batch_size=10**9)
+    r = run(m)
+    assert r.returncode == EXIT_ENVIRONMENT, r.stderr
+    assert "out of memory" in r.stderr and "runtime.batch_size" in r.stderr
+    out = tmp_path / "out"
+    assert not list(out.glob("part-*.parquet")) and not (out / "_SUCCESS").exists()
+    m.write_text(m.read_text().replace(f"batch_size = {10**9}", "batch_size = 4"))
+    assert run(m).returncode == EXIT_OK
+    assert (rows(out)["status"] == "ok").all()
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def remount(path: Path, options: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{options}", str(path)], check=True)
+
+
+def test_full_disk_stops_the_job_and_a_rerun_recovers(tmp_path: Path) -> None:
+    make_images(tmp_path / "imgs", 60, seed=8)
+    with tmpfs(tmp_path / "disk", "64k") as disk:
+        m = tiny_manifest(tmp_path, tmp_path / "imgs", output=str(disk / "out"), unit_size=10)
+        # fill the disk but for the job's own files: the listing fits, the parts do not
+        filler = disk / "filler"
+        with open(filler, "wb") as f, contextlib.suppress(OSError):
+            f.write(b"x" * (64 * 1024))
+        filler.unlink()
+        with open(filler, "wb") as f, contextlib.suppress(OSError):
+            f.write(b"x" * (40 * 1024))
+        r = run(m)
+        assert r.returncode == EXIT_ENVIRONMENT, r.stdout + r.stderr
+        assert "No space left on device" in r.stderr or "no space left on the device" in r.stderr
+        out = disk / "out"
+        assert not (out / "_SUCCESS").exists()
+        for part in out.glob("part-*.parquet"):  # what was committed is whole, and no row blames an image
+            assert (pq.read_table(part).column("status").to_pylist()) == ["ok"] * 10
+        assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]  # no temp file left behind
+        remount(disk, "size=8m")
+        filler.unlink()
+        again = run(m)
+        assert again.returncode == EXIT_OK, again.stderr
+        df = assert_exactly_once(out, [f"img{i:05d}.jpg" for i in range(60)])
+        assert (df["status"] == "ok").all()
+
+
+def test_read_only_output_is_an_environment_error(tmp_path: Path) -> None:
+    make_images(tmp_path / "imgs", 30, seed=9)
+    with tmpfs(tmp_path / "disk", "8m") as disk:
+        m = tiny_manifest(tmp_path, tmp_path / "imgs", output=str(disk / "out"), unit_size=10)
+        assert run(m).returncode == EXIT_OK
+        out = disk / "out"
+        (out / "part-000001.parquet").unlink()
+        (out / "_SUCCESS").unlink()
+        remount(disk, "ro")
+        r = run(m)
+        assert r.returncode == EXIT_ENVIRONMENT, r.stderr
+        assert "read-only file system" in r.stderr.lower() and str(out) in r.stderr
+        assert "internal error" not in r.stderr
+        remount(disk, "rw")
+        assert run(m).returncode == EXIT_OK
+        assert_exactly_once(out, [f"img{i:05d}.jpg" for i in range(30)])
+
+
+# -- 4. corrupt committed parts are found and redone ---------------------------------------------
+
+
+def _flip_middle(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    mid = len(data) // 3  # inside the data pages, far from the footer at the end
+    for i in range(mid, mid + 16):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip-page"])
+def test_damaged_part_is_moved_aside_and_redone_by_a_rerun(tmp_path: Path, damage: str) -> None:
+    make_images(tmp_path / "imgs", 30, seed=10)
+    m = tiny_manifest(tmp_path, tmp_path / "imgs", unit_size=10)
+    assert run(m).returncode == EXIT_OK
+    out = tmp_path / "out"
+    ref = rows(out)
+    part = out / "part-000001.parquet"
+    if damage == "truncate":
+        part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])
+    else:
+        _flip_middle(part)
+    r = run(m)
+    assert r.returncode == EXIT_OK, r.stderr
+    assert "unit 1: its committed part is damaged" in r.stderr
+    kept = [p.name for p in (out / "_damaged").iterdir() if not p.name.endswith(".why.txt")]
+    assert len(kept) == 1 and kept[0].startswith("part-000001.parquet.")  # kept for inspection
+    got = rows(out)
+    pd.testing.assert_frame_equal(
+        got.drop(columns=["processed_at", "run_id"]), ref.drop(columns=["processed_at", "run_id"])
+    )
+    assert (out / "_SUCCESS").exists()
+
+
+def test_finalize_reads_every_page_and_checks_ids(tmp_path: Path) -> None:
+    make_images(tmp_path / "imgs", 30, seed=11)
+    m = tiny_manifest(tmp_path, tmp_path / "imgs", unit_size=10)
+    assert run(m).returncode == EXIT_OK
+    out = tmp_path / "out"
+    for record in (out / "_commits").iterdir():  # no commit record: only reading the part itself can tell
+        record.unlink()
+    _flip_middle(out / "part-000000.parquet")  # damaged page, footer intact
+    pq.write_table(pq.read_table(out / "part-000002.parquet").slice(0, 9), out / "part-000002.parquet")  # a row gone
+    t = pq.read_table(out / "part-000001.parquet")  # right count, wrong ids
+    ids = t["image_id"].to_pylist()
+    pq.write_table(t.set_column(0, "image_id", pa.array(ids[1:] + ids[:1])), out / "part-000001.parquet")
+    fin = cli("finalize", out)
+    assert fin.returncode == EXIT_INCOMPLETE, fin.stderr
+    assert "3 committed part(s) failed verification" in fin.stderr
+    assert not (out / "_SUCCESS").exists() and not list(out.glob("part-*.parquet"))
+    assert len([p for p in (out / "_damaged").iterdir() if p.name.endswith(".why.txt")]) == 3
+    assert run(m).returncode == EXIT_OK
+    assert_exactly_once(out, [f"img{i:05d}.jpg" for i in range(30)])
+
+
+# -- 5. --restart never deletes what this job did not write --------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["pyarrow-dataset", "user-part-file"])
+def test_restart_refuses_a_directory_that_is_not_this_jobs(tmp_path: Path, layout: str) -> None:
+    make_images(tmp_path / "imgs", 5, seed=12)
+    out = tmp_path / "out"
+    out.mkdir()
+    if layout == "pyarrow-dataset":
+        pq.write_table(pa.table({"x": [1, 2, 3]}), out / "part-0.parquet")
+        (out / "_common_metadata").write_bytes(b"metadata")
+    else:
+        pq.write_table(pa.table({"mine": ["precious"]}), out / "part-000000.parquet")
+    before = snapshot_tree(out)
+    m = tiny_manifest(tmp_path, tmp_path / "imgs")
+    r = run(m, "--restart")
+    assert r.returncode == EXIT_INCOMPATIBLE, r.stderr
+    assert "choose another job.output" in r.stderr
+    assert snapshot_tree(out) == before  # byte-identical, and nothing added (not even a lock file)
+    assert run(m).returncode == EXIT_INCOMPATIBLE and snapshot_tree(out) == before
+
+
+# -- 6. environmental errors are not internal errors ---------------------------------------------
+
+
+def test_output_path_that_is_a_file_or_unwritable(tmp_path: Path) -> None:
+    make_images(tmp_path / "imgs", 3, seed=13)
+    (tmp_path / "afile").write_text("x")
+    for output, cause in [
+        (tmp_path / "afile", "job.output must be a directory"),
+        (tmp_path / "afile" / "below", "job.output must be a directory"),
+        (Path("/proc/ascend-batch-test-out"), ""),
+    ]:
+        m = tiny_manifest(tmp_path, tmp_path / "imgs", output=str(output))
+        r = run(m)
+        assert r.returncode == EXIT_ENVIRONMENT, (output, r.stderr)
+        assert str(output) in r.stderr and cause in r.stderr
+        assert "internal error" not in r.stderr and "Traceback" not in r.stderr
+
+
+# -- 8. left-over temp files of killed runs are cleaned ------------------------------------------
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_next_run_cleans_temp_files_of_killed_writers_only(tmp_path: Path) -> None:
+    import socket
+
+    make_images(tmp_path / "imgs", 12, seed=14)
+    m = tiny_manifest(tmp_path, tmp_path / "imgs", unit_size=10)
+    assert run(m).returncode == EXIT_OK
+    out = tmp_path / "out"
+    (out / "part-000001.parquet").unlink()
+    host, dead = socket.gethostname(), _dead_pid()
+    leftovers = [
+        out / f".tmp-part-000001.parquet~{host}~{dead}~0a1b2c3d",  # this version's names
+        out / f".tmp-_listing.parquet~{host}~{dead}~0a1b2c3d",
+        out / f".tmp-part-000001.parquet.{host}.{dead}",  # names of earlier versions
+        out / f"._listing.parquet.{dead}.tmp",
+        out / f"._job.json.{dead}.0a1b2c3d.tmp",
+    ]
+    live = out / f".tmp-part-000007.parquet~{host}~{os.getpid()}~0a1b2c3d"  # a writer still at work
+    for p in [*leftovers, live]:
+        p.write_bytes(b"partial")
+    assert run(m).returncode == EXIT_OK
+    assert [p.name for p in leftovers if p.exists()] == []
+    assert live.exists()

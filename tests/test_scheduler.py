@@ -1,0 +1,183 @@
+"""The supervisor's decisions, in-process: a scripted fake worker plays each task against the
+:class:`Scheduler` (succeeds, raises, or dies, depending on which images the task holds), and the
+tests check what the scheduler decided: retries, bisection, which image gets a row, when the job
+stops and with which code, and that no image is ever blamed for a failure it did not cause."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ascend_batch.errors import EXIT_ENVIRONMENT, EXIT_STARTUP
+from ascend_batch.plan import make_units
+from ascend_batch.runner.messages import Cause, Task
+from ascend_batch.runner.scheduler import Committed, CrashRow, GiveUpDevice, Merge, Scheduler
+
+OK = ("ok",)
+
+
+@dataclass
+class Played:
+    crash_rows: dict[int, str] = field(default_factory=dict)  # listing position -> message
+    committed: list[int] = field(default_factory=list)
+    merged: list[int] = field(default_factory=list)
+    given_up: list[str] = field(default_factory=list)
+    tasks: list[tuple[str, Task]] = field(default_factory=list)
+
+
+def play(
+    s: Scheduler, outcome: Callable[[Task, str], tuple], devices: list[str] | None = None, limit: int = 10_000
+) -> Played:
+    """Run every task the scheduler hands out, round robin over ``devices``, until it has nothing
+    left or stops the job. ``outcome(task, device)`` is ("ok",), ("die", reason) or ("raise", cause, msg)."""
+    devices = devices or ["cpu:0"]
+    played = Played()
+    for turn in range(limit):
+        alive = [d for d in devices if d not in s.dead]
+        task = s.take()
+        if task is None or not alive:
+            return played
+        device = alive[turn % len(alive)]
+        played.tasks.append((device, task))
+        result = outcome(task, device)
+        if result[0] == "ok":
+            actions = s.done(task, device)
+        elif result[0] == "die":
+            actions = s.died(task, device, result[1])
+        else:
+            actions = s.failed(task, device, result[1], result[2])
+        for a in actions:
+            if isinstance(a, CrashRow):
+                assert a.task.size == 1
+                played.crash_rows[a.task.start] = a.message
+            elif isinstance(a, Merge):
+                played.merged.append(a.unit.index)
+            elif isinstance(a, Committed):
+                played.committed.append(a.unit.index)
+            elif isinstance(a, GiveUpDevice):
+                played.given_up.append(a.device)
+    raise AssertionError("the scheduler never finished")
+
+
+def poison(*positions: int) -> Callable[[Task, str], tuple]:
+    def outcome(task: Task, device: str) -> tuple:
+        if any(task.start <= p < task.stop for p in positions):
+            return ("die", "worker on cpu:0 killed by SIGSEGV")
+        return OK
+
+    return outcome
+
+
+def every_unit_done(s: Scheduler, played: Played, n_units: int) -> None:
+    assert s.verdict is None
+    assert sorted(played.committed + played.merged) == list(range(n_units))
+
+
+def test_healthy_job_commits_every_unit_once() -> None:
+    s = Scheduler(make_units(95, 10), ["cpu:0", "cpu:1"], max_retries=2)
+    played = play(s, lambda t, d: OK, ["cpu:0", "cpu:1"])
+    every_unit_done(s, played, 10)
+    assert not played.crash_rows and not played.merged and len(played.tasks) == 10
+
+
+def test_poison_image_is_isolated_with_its_failure_count() -> None:
+    s = Scheduler(make_units(40, 20), ["cpu:0"], max_retries=2)
+    played = play(s, poison(27))
+    every_unit_done(s, played, 2)
+    # unit 1 = [20, 40): its 3 tries, then each halving that holds position 27 failed once more
+    assert list(played.crash_rows) == [27]
+    holding = [t for _, t in played.tasks if t.start <= 27 < t.stop and t.unit.index == 1]
+    assert played.crash_rows[27].endswith(f"(failed {len(holding)} times)")
+    assert played.merged == [1] and played.committed == [0]
+
+
+def test_siblings_run_before_deeper_pieces() -> None:
+    s = Scheduler(make_units(16, 16), ["cpu:0"], max_retries=0)
+    played = play(s, poison(3))
+    depths = [t.depth for _, t in played.tasks]
+    assert depths == sorted(depths)  # breadth first: no piece runs before a shallower one
+    assert list(played.crash_rows) == [3]
+
+
+def test_several_poison_images_each_get_a_row() -> None:
+    s = Scheduler(make_units(64, 32), ["cpu:0"], max_retries=1)
+    played = play(s, poison(0, 17, 31, 40))
+    every_unit_done(s, played, 2)
+    assert sorted(played.crash_rows) == [0, 17, 31, 40]
+
+
+def test_single_image_unit_gets_its_crash_row_and_its_unit() -> None:
+    s = Scheduler(make_units(11, 10), ["cpu:0"], max_retries=2)
+    played = play(s, poison(10))
+    every_unit_done(s, played, 2)
+    assert played.crash_rows[10].endswith("(failed 3 times)")
+    assert played.merged == [1]
+
+
+def test_transient_failure_is_retried_and_blames_nobody() -> None:
+    failed: set[tuple[int, int, int]] = set()
+
+    def once(task: Task, device: str) -> tuple:
+        if task.key not in failed:
+            failed.add(task.key)
+            return ("raise", Cause.RUNTIME, "copy failed (transient)")
+        return OK
+
+    s = Scheduler(make_units(30, 10), ["cpu:0"], max_retries=1)
+    played = play(s, once)
+    every_unit_done(s, played, 3)
+    assert not played.crash_rows
+
+
+def test_runtime_error_on_every_batch_stops_the_job_without_rows() -> None:
+    s = Scheduler(make_units(1000, 100), ["cpu:0"], max_retries=2)
+    played = play(s, lambda t, d: ("raise", Cause.RUNTIME, "device lost"))
+    assert s.verdict is not None and s.verdict.exit_code == EXIT_STARTUP
+    assert "both halves of unit 0 failed the same way" in s.verdict.message
+    assert not played.crash_rows and not played.merged
+    assert len(played.tasks) == 3 + 2  # the unit's tries, then its two halves: nothing deeper
+
+
+def test_worker_dying_on_every_batch_stops_the_job_without_rows() -> None:
+    s = Scheduler(make_units(1000, 100), ["cpu:0"], max_retries=2)
+    played = play(s, lambda t, d: ("die", "worker on cpu:0 killed by SIGKILL"))
+    assert s.verdict is not None and s.verdict.exit_code == EXIT_STARTUP
+    assert "tasks in a row failed on cpu:0" in s.verdict.message
+    assert not played.crash_rows and played.given_up == ["cpu:0"]
+    assert len(played.tasks) == 2 + 5
+
+
+def test_tiny_units_are_never_blamed_without_evidence() -> None:
+    # units of two images: halves are single images at once; a device that never worked blames none
+    s = Scheduler(make_units(6, 2), ["cpu:0"], max_retries=1)
+    played = play(s, lambda t, d: ("die", "worker on cpu:0 killed by SIGBUS"))
+    assert s.verdict is not None and not played.crash_rows
+
+
+def test_environment_failure_stops_at_once() -> None:
+    s = Scheduler(make_units(100, 10), ["cpu:0"], max_retries=3)
+    played = play(s, lambda t, d: ("raise", Cause.ENVIRONMENT, "No space left on device (/out/part-000000.parquet)"))
+    assert s.verdict is not None and s.verdict.exit_code == EXIT_ENVIRONMENT
+    assert "No space left on device" in s.verdict.message
+    assert len(played.tasks) == 1 and not played.crash_rows and s.take() is None
+
+
+def test_broken_device_is_given_up_while_the_other_finishes_the_job() -> None:
+    def broken_gpu1(task: Task, device: str) -> tuple:
+        return ("die", "worker on cuda:1 killed by SIGSEGV") if device == "cuda:1" else OK
+
+    s = Scheduler(make_units(200, 10), ["cuda:0", "cuda:1"], max_retries=2)
+    played = play(s, broken_gpu1, ["cuda:0", "cuda:1"])
+    every_unit_done(s, played, 20)
+    assert played.given_up == ["cuda:1"]
+    # pieces that failed on the broken device succeeded elsewhere: no image was blamed
+    assert not played.crash_rows
+
+
+def test_death_before_the_model_is_up_is_given_back_uncharged() -> None:
+    s = Scheduler(make_units(10, 10), ["cpu:0"], max_retries=0)
+    task = s.take()
+    assert task is not None
+    s.give_back(task)
+    again = s.take()
+    assert again == task and again.attempt == 0 and again.failures == 0
