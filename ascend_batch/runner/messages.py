@@ -47,8 +47,9 @@ class Task:
     start: int
     stop: int
     depth: int = 0
-    attempt: int = 0  # earlier failed attempts of this very task; a retry runs without device decode
-    failures: int = 0  # failed tasks (raised or died) that held these images, all depths together
+    # failed tasks (raised or died) that held these images so far, the unit's tries and every halving
+    # together; a task that failed before runs without device decode
+    attempt: int = 0
 
     @property
     def piece(self) -> bool:

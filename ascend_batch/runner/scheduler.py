@@ -79,7 +79,6 @@ class Scheduler:
 
     def __post_init__(self) -> None:
         self.queue = collections.deque(Task(u, u.start, u.stop) for u in self.units)
-        self._attempts: collections.Counter[tuple[int, int, int]] = collections.Counter()
         self._pending: dict[int, set[tuple[int, int, int]]] = {}  # bisected unit -> pieces not yet written
         self._sibling: dict[tuple[int, int, int], tuple[int, int, int]] = {}
         self._runtime_failure: dict[tuple[int, int, int], str] = {}
@@ -117,9 +116,8 @@ class Scheduler:
 
     # -- internals ---------------------------------------------------------------------------
     def _charge(self, task: Task, device: str, reason: str, *, runtime: bool) -> list[Action]:
-        self._attempts[task.key] += 1
         self._streak[device] += 1
-        task = dataclasses.replace(task, attempt=self._attempts[task.key], failures=task.failures + 1)
+        task = dataclasses.replace(task, attempt=task.attempt + 1)
         if self._streak[device] >= self.max_retries + DEVICE_STREAK_MARGIN:
             return self._give_up(device, task, reason)
         if not task.piece and task.attempt <= self.max_retries:
@@ -140,7 +138,7 @@ class Scheduler:
             return []
         if task.unit.index in self._unit_ok or device in self._proven:
             return [
-                CrashRow(task, f"{reason} while processing this image (failed {task.failures} times)"),
+                CrashRow(task, f"{reason} while processing this image (failed {task.attempt} times)"),
                 *self._leaf_written(task),
             ]
         self.queue.append(task)  # no evidence yet that the device works: try it again after other work
@@ -149,8 +147,8 @@ class Scheduler:
     def _split(self, task: Task) -> None:
         mid = (task.start + task.stop) // 2
         halves = [
-            dataclasses.replace(task, start=task.start, stop=mid, depth=task.depth + 1, attempt=0),
-            dataclasses.replace(task, start=mid, stop=task.stop, depth=task.depth + 1, attempt=0),
+            dataclasses.replace(task, start=task.start, stop=mid, depth=task.depth + 1),
+            dataclasses.replace(task, start=mid, stop=task.stop, depth=task.depth + 1),
         ]
         a, b = halves[0].key, halves[1].key
         self._sibling[a], self._sibling[b] = b, a
