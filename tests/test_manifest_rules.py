@@ -25,7 +25,7 @@ from ascend_batch.manifest import (
     parse_manifest,
     rules_for,
 )
-from ascend_batch.manifest.rules import FORMAT_BY_SUFFIX, GPU_DECODE
+from ascend_batch.manifest.rules import DEVICE_DECODE, FORMAT_BY_SUFFIX
 from ascend_batch.models.spec import MODEL_FORMATS
 
 PLUGIN = "some.package:SomeBackend"  # never imported by the manifest
@@ -80,7 +80,7 @@ def test_rules_match_what_the_backend_class_declares(backend: str) -> None:
     """gpu_decode only where the class declares a device decode stage; option keys reach its constructor."""
     rules = BACKEND_RULES[backend]
     cls = getattr(importlib.import_module(rules.entry.module), rules.entry.cls)  # no runtime imported yet
-    assert cls.features.device_decode == (GPU_DECODE in rules.keys)
+    assert cls.features.device_decode == (DEVICE_DECODE in rules.keys)
     options = {key.name: a_value(key) for key in rules.keys if key.option}
     assert get_backend(backend, options).name == backend
 
@@ -188,7 +188,7 @@ def test_defaults_come_out_as_documented(tmp_path: Path) -> None:
         2,
         2,
     )
-    assert (rt.precision, rt.channels_last, rt.compile, rt.gpu_decode) == (None, None, None, True)
+    assert (rt.precision, rt.channels_last, rt.compile, rt.device_decode) == (None, None, None, True)
     assert rt.backend_options() == {}
     # the parsed defaults are the dataclasses' own: declared once
     assert rt == RuntimeConfig(batch_size=CPU_BATCH_SIZE)

@@ -19,8 +19,14 @@ Static-batch models run their compiled batch, padding the last one; models conve
 on the ``ascend_mbatch_shape_data`` input). Every return code is checked; a failure raises
 :class:`~ascend_batch.errors.BackendError` naming the call, the code and the device.
 
+Models compiled with static AIPP taking YUV420SP (ATC ``--insert_op_conf aipp.cfg``) take uint8 NV12
+of the model's size and do colour conversion and normalisation themselves. Their sessions take the
+manifest's crop as uint8 RGB (:meth:`AclSession.input_preprocess`) and convert it to NV12 on the host;
+and they offer DVPP as their device decode stage (:mod:`.dvpp`): JPEGD + VPC straight into NV12 rows.
+
 Around the session: :mod:`.acl_runtime` (constants, return codes in words, ``acl.init``/``acl.finalize``
-once per process) and :mod:`.acl_model` (the model's inputs and outputs, checked against the manifest).
+once per process), :mod:`.acl_model` (the model's inputs and outputs, checked against the manifest) and
+:mod:`.dvpp` (the DVPP decode stage).
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ import numpy as np
 
 from ..errors import BackendError, StartupError
 from ..models.spec import ModelSpec
-from .acl_model import ModelIO, check_input, read_model_io
+from ..preprocess import Preprocess
+from .acl_model import ModelIO, aipp_preprocess, check_input, read_model_io
 from .acl_runtime import (
     ACL_DEVICE,
     ACL_HOST,
@@ -50,7 +57,8 @@ from .acl_runtime import (
     import_acl,
     value_of,
 )
-from .base import BackendFeatures, Device, SessionBase
+from .base import BackendFeatures, Device, SessionBase, SessionFeatures
+from .dvpp import DvppDecoder, rgb_to_nv12
 
 __all__ = ["ACL_PROCESS", "ERROR_NAMES", "AclBackend", "AclSession", "check_input", "describe"]
 
@@ -73,6 +81,7 @@ class AclSession(SessionBase):
         self._closed = False
         self._lock = threading.RLock()
         self._gear: int | None = None
+        self._decoder: Any = None
         self._acl = import_acl()
         ACL_PROCESS.register(self)
         try:
@@ -85,17 +94,38 @@ class AclSession(SessionBase):
                 raise type(exc)(f"{exc}; then, while releasing: {'; '.join(problems)}") from exc
             raise
 
-    # -- helpers --
-    def _check(self, call: str, ret: int) -> None:
+    # -- helpers (also the DVPP stage's) --
+    @property
+    def acl(self) -> Any:
+        return self._acl
+
+    def check(self, call: str, ret: int) -> None:
         check_call(self.device, call, ret)
 
-    def _value(self, call: str, result: tuple[Any, int]) -> Any:
+    def value(self, call: str, result: tuple[Any, int]) -> Any:
         return value_of(self.device, call, result)
 
-    def _handle(self, call: str, handle: int) -> int:
+    def handle(self, call: str, handle: int) -> int:
         if not handle:
             raise BackendError(f"device {self.device}: {call} returned a null handle (out of host memory?)")
         return handle
+
+    def use_context(self) -> None:
+        """Make this session's context current in the calling thread (pyACL's is per thread)."""
+        self.check("acl.rt.set_context", self._acl.rt.set_context(self._ctx))
+
+    def copy_in(self, dst: int, dst_max: int, data: bytes | np.ndarray) -> None:
+        """Host bytes (or a contiguous array) -> device memory at ``dst`` (synchronous)."""
+        acl = self._acl
+        arr = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes) else np.ascontiguousarray(data)
+        if self._numpy_ptrs:
+            keep: Any = arr
+            src = acl.util.numpy_to_ptr(arr)
+        else:
+            keep = arr.tobytes()
+            src = acl.util.bytes_to_ptr(keep)
+        self.check("acl.rt.memcpy", acl.rt.memcpy(dst, dst_max, src, arr.nbytes, self._h2d))
+        del keep
 
     def _push(self, call: str, undo: Callable[[], Any]) -> None:
         self._undo.append((call, undo))
@@ -109,30 +139,32 @@ class AclSession(SessionBase):
         ACL_PROCESS.acquire(acl, self.device)
         self._push("acl.finalize", lambda: ACL_PROCESS.release(acl))
 
-        self._check("acl.rt.set_device", acl.rt.set_device(index))
+        self.check("acl.rt.set_device", acl.rt.set_device(index))
         self._push("acl.rt.reset_device", lambda: acl.rt.reset_device(index))
-        ctx = self._value("acl.rt.create_context", acl.rt.create_context(index))
+        ctx = self.value("acl.rt.create_context", acl.rt.create_context(index))
         self._ctx = ctx
         self._push("acl.rt.destroy_context", lambda: acl.rt.destroy_context(ctx))
-        stream = self._value("acl.rt.create_stream", acl.rt.create_stream())
+        stream = self.value("acl.rt.create_stream", acl.rt.create_stream())
         self._push("acl.rt.destroy_stream", lambda: acl.rt.destroy_stream(stream))
         self._stream = stream
         run_mode = ACL_HOST
         if hasattr(acl.rt, "get_run_mode"):
-            run_mode = self._value("acl.rt.get_run_mode", acl.rt.get_run_mode())
+            run_mode = self.value("acl.rt.get_run_mode", acl.rt.get_run_mode())
         on_device = run_mode == ACL_DEVICE
         self._h2d = ACL_MEMCPY_DEVICE_TO_DEVICE if on_device else ACL_MEMCPY_HOST_TO_DEVICE
         self._d2h = ACL_MEMCPY_DEVICE_TO_DEVICE if on_device else ACL_MEMCPY_DEVICE_TO_HOST
 
-        desc = self._handle("acl.mdl.create_desc", acl.mdl.create_desc())
+        desc = self.handle("acl.mdl.create_desc", acl.mdl.create_desc())
         self._push("acl.mdl.destroy_desc", lambda: acl.mdl.destroy_desc(desc))
-        model_id = self._value("acl.mdl.load_from_file", acl.mdl.load_from_file(str(model.path)))
+        model_id = self.value("acl.mdl.load_from_file", acl.mdl.load_from_file(str(model.path)))
         self._push("acl.mdl.unload", lambda: acl.mdl.unload(model_id))
         self._model_id = model_id
-        self._check("acl.mdl.get_desc", acl.mdl.get_desc(desc, model_id))
+        self.check("acl.mdl.get_desc", acl.mdl.get_desc(desc, model_id))
 
-        io = read_model_io(acl, desc, model, batch_size, self.device)
+        io = read_model_io(acl, desc, model, batch_size, self.device, model_id)
         self._io: ModelIO = io
+        # an AIPP model decodes on DVPP where this pyACL has acl.media
+        self.features = SessionFeatures(device_decode=io.aipp and hasattr(acl, "media"))
         self.max_batch = io.max_batch
         self.input_shape: tuple[int, ...] = io.input_shape
         self.num_classes = io.num_classes
@@ -144,7 +176,7 @@ class AclSession(SessionBase):
         self._out_ds = self._dataset(acl, out_ptrs, io.out_sizes)
         self._in_ptr, self._in_size = in_ptrs[io.in_index], io.in_sizes[io.in_index]
         self._out_ptr, self._out_size = out_ptrs[0], io.out_sizes[0]
-        host = self._value("acl.rt.malloc_host", acl.rt.malloc_host(self._out_size))
+        host = self.value("acl.rt.malloc_host", acl.rt.malloc_host(self._out_size))
         self._push("acl.rt.free_host", lambda: acl.rt.free_host(host))
         self._host_out = host
 
@@ -154,20 +186,24 @@ class AclSession(SessionBase):
             raise StartupError("this pyACL has neither acl.util.numpy_to_ptr nor acl.util.bytes_to_ptr")
 
     def _malloc(self, acl: Any, size: int) -> int:
-        ptr = self._value("acl.rt.malloc", acl.rt.malloc(size, ACL_MEM_MALLOC_HUGE_FIRST))
+        ptr = self.value("acl.rt.malloc", acl.rt.malloc(size, ACL_MEM_MALLOC_HUGE_FIRST))
         self._push("acl.rt.free", lambda: acl.rt.free(ptr))
         return int(ptr)
 
     def _dataset(self, acl: Any, ptrs: list[int], sizes: tuple[int, ...]) -> int:
-        dataset = self._handle("acl.mdl.create_dataset", acl.mdl.create_dataset())
+        dataset = self.handle("acl.mdl.create_dataset", acl.mdl.create_dataset())
         self._push("acl.mdl.destroy_dataset", lambda: acl.mdl.destroy_dataset(dataset))
         for ptr, size in zip(ptrs, sizes, strict=True):
-            buf = self._handle("acl.create_data_buffer", acl.create_data_buffer(ptr, size))
+            buf = self.handle("acl.create_data_buffer", acl.create_data_buffer(ptr, size))
             self._push("acl.destroy_data_buffer", functools.partial(acl.destroy_data_buffer, buf))
-            self._value("acl.mdl.add_dataset_buffer", acl.mdl.add_dataset_buffer(dataset, buf))
+            self.value("acl.mdl.add_dataset_buffer", acl.mdl.add_dataset_buffer(dataset, buf))
         return int(dataset)
 
     # -- inference --
+    def input_preprocess(self, pp: Preprocess) -> Preprocess:
+        """An AIPP model takes the crop as uint8 RGB (HWC): this session converts it to NV12."""
+        return aipp_preprocess(pp) if self._io.aipp else pp
+
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """``(n, C, H, W)`` (or NHWC) samples, ``1 <= n <= max_batch`` -> ``(n, classes)`` float32 logits."""
         n = int(batch.shape[0])
@@ -179,42 +215,74 @@ class AclSession(SessionBase):
                 f"(1..{self.max_batch}, {', '.join(map(str, self.input_shape[1:]))})"
             )
         data = np.ascontiguousarray(batch, dtype=self._io.in_dtype)
-        acl = self._acl
+        if self._io.aipp:  # the crops as NV12, as DVPP would have written them
+            data = np.stack([rgb_to_nv12(x) for x in data])
         with self._lock:
-            try:
-                return self._run(acl, data, n)
-            except BackendError:
-                self._gear = None  # set the gear again next time
-                raise
+            return self._guarded(n, lambda: self.copy_in(self._in_ptr, self._in_size, data))
 
-    def _run(self, acl: Any, data: np.ndarray, n: int) -> np.ndarray:
-        self._check("acl.rt.set_context", acl.rt.set_context(self._ctx))
+    def device_decoder(self, max_pixels: int, max_batch: int) -> DvppDecoder | None:
+        """The DVPP decode stage (AIPP models only), made once and released with the session."""
+        if not self.features.device_decode or self._closed:
+            return None
+        with self._lock:
+            if self._decoder is None:
+                self.use_context()
+                pp = self.model.preprocess
+                decoder = DvppDecoder(self, pp, min(max_batch, self.max_batch), max_pixels)
+                self._push("the DVPP decoder", decoder.close_checked)
+                self._decoder = decoder
+        return self._decoder
+
+    def infer_device(self, batch: Any) -> np.ndarray:
+        """Logits of a :class:`~.dvpp.DvppBatch`: its staging rows are copied into the model's input
+        on the device, then the model runs."""
+        n = len(batch.rows)
+        if not 1 <= n <= self.max_batch:
+            raise BackendError(f"device {self.device}: device batch of {n}, expected 1..{self.max_batch}")
+        decoder = self._decoder
+        assert decoder is not None
+        row = self._io.in_row
+        base = decoder.staging[batch.staging]
+
+        def stage() -> None:
+            for k, src_row in enumerate(batch.staging_rows):
+                src = base + src_row * row
+                ret = self._acl.rt.memcpy(
+                    self._in_ptr + k * row, self._in_size - k * row, src, row, ACL_MEMCPY_DEVICE_TO_DEVICE
+                )
+                self.check("acl.rt.memcpy", ret)
+
+        with self._lock:
+            return self._guarded(n, stage)
+
+    def _guarded(self, n: int, stage: Callable[[], None]) -> np.ndarray:
+        try:
+            return self._run(self._acl, n, stage)
+        except BackendError:
+            self._gear = None  # set the gear again next time
+            raise
+
+    def _run(self, acl: Any, n: int, stage: Callable[[], None]) -> np.ndarray:
+        self.use_context()
         io = self._io
         if io.gears:
             gear = next(g for g in io.gears if g >= n)
             if gear != self._gear:
                 ret = acl.mdl.set_dynamic_batch_size(self._model_id, self._in_ds, io.dyn_index, gear)
-                self._check("acl.mdl.set_dynamic_batch_size", ret)
+                self.check("acl.mdl.set_dynamic_batch_size", ret)
                 self._gear = gear
         # rows n.. of a padded (static) or geared (dynamic) batch keep stale data: computed, never returned
-        if self._numpy_ptrs:
-            keep: Any = data
-            src = acl.util.numpy_to_ptr(data)
-        else:
-            keep = data.tobytes()
-            src = acl.util.bytes_to_ptr(keep)
-        self._check("acl.rt.memcpy", acl.rt.memcpy(self._in_ptr, self._in_size, src, n * io.in_row, self._h2d))
-        del keep
+        stage()
         if self._async:
-            self._check(
+            self.check(
                 "acl.mdl.execute_async",
                 acl.mdl.execute_async(self._model_id, self._in_ds, self._out_ds, self._stream),
             )
-            self._check("acl.rt.synchronize_stream", acl.rt.synchronize_stream(self._stream))
+            self.check("acl.rt.synchronize_stream", acl.rt.synchronize_stream(self._stream))
         else:
-            self._check("acl.mdl.execute", acl.mdl.execute(self._model_id, self._in_ds, self._out_ds))
+            self.check("acl.mdl.execute", acl.mdl.execute(self._model_id, self._in_ds, self._out_ds))
         count = n * io.out_row
-        self._check("acl.rt.memcpy", acl.rt.memcpy(self._host_out, self._out_size, self._out_ptr, count, self._d2h))
+        self.check("acl.rt.memcpy", acl.rt.memcpy(self._host_out, self._out_size, self._out_ptr, count, self._d2h))
         if self._numpy_ptrs:
             raw = np.array(acl.util.ptr_to_numpy(self._host_out, (count,), np.dtype(np.uint8).num), copy=True)
         else:
@@ -264,7 +332,8 @@ class AclBackend:
     ``execute_async`` + ``synchronize_stream``."""
 
     name = "acl"
-    features = BackendFeatures()  # contexts are bound to the opening thread: opened on first use
+    # contexts are bound to the opening thread: opened on first use; AIPP models decode on DVPP
+    features = BackendFeatures(device_decode=True)
 
     def __init__(self, *, execute: str = "async") -> None:
         self.execute = execute

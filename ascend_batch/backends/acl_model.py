@@ -9,6 +9,7 @@ manifest is a :class:`~ascend_batch.errors.StartupError` naming the manifest key
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,17 @@ import numpy as np
 from ..errors import BackendError, StartupError
 from ..models.spec import ModelSpec
 from ..preprocess import Preprocess
-from .acl_runtime import ACL_DTYPES, ACL_FORMAT_NCHW, ACL_FORMAT_NHWC, ACL_SUCCESS, DYNAMIC_BATCH_INPUT, value_of
+from .acl_runtime import (
+    ACL_DATA_WITH_STATIC_AIPP,
+    ACL_DATA_WITHOUT_AIPP,
+    ACL_DTYPES,
+    ACL_FORMAT_NCHW,
+    ACL_FORMAT_NHWC,
+    ACL_SUCCESS,
+    ACL_YUV420SP_U8,
+    DYNAMIC_BATCH_INPUT,
+    value_of,
+)
 from .base import Device
 
 
@@ -107,13 +118,58 @@ class ModelIO:
     num_classes: int
     out_dtype: np.dtype  # of the logits (float32 or float16)
     out_row: int  # logits bytes per sample
+    aipp: bool = False  # input 0 is uint8 YUV420SP (NV12) of the model's size; AIPP converts and normalises
+
+
+def has_yuv420sp_aipp(acl: Any, model_id: int, index: int, model: ModelSpec, device: Device) -> bool:
+    """Whether the model's input ``index`` goes through static AIPP taking YUV420SP (NV12) uint8: asked
+    of the model (``get_aipp_type``, ``get_first_aipp_info``), or stated by the manifest's ``model.aipp``
+    where this pyACL cannot answer (or to override it)."""
+    if model.aipp is not None:
+        return model.aipp == "yuv420sp"
+    if not hasattr(acl.mdl, "get_aipp_type"):
+        return False
+    aipp_type, _attached, ret = acl.mdl.get_aipp_type(model_id, index)
+    if ret != ACL_SUCCESS or aipp_type == ACL_DATA_WITHOUT_AIPP:
+        return False
+    if aipp_type != ACL_DATA_WITH_STATIC_AIPP:
+        raise StartupError(
+            f"model {model.path} has dynamic AIPP (aipp type {aipp_type}); convert it with a static aipp.cfg "
+            "(see the README, Ascend)"
+        )
+    info = value_of(device, "acl.mdl.get_first_aipp_info", acl.mdl.get_first_aipp_info(model_id, index))
+    fmt = int(info.get("inputFormat", -1))
+    if fmt != ACL_YUV420SP_U8:
+        raise StartupError(
+            f"model {model.path}: its AIPP takes input format {fmt}; ascend-batch feeds AIPP models YUV420SP_U8 "
+            "(input_format in aipp.cfg)"
+        )
+    return True
+
+
+def check_aipp_input(model: ModelSpec, size: int, batch: int) -> None:
+    """An AIPP model's input 0 must be ``batch`` NV12 images of ``model.input_size`` squared."""
+    side = model.preprocess.size
+    want = batch * side * side * 3 // 2
+    if side % 16 or side % 2:
+        raise StartupError(
+            f"[model.input_size] {side}: DVPP writes rows of widths that are multiples of 16; an AIPP model's "
+            "input must be too"
+        )
+    if size != want:
+        raise StartupError(
+            f"[model.input_size] model {model.path} takes {size} bytes per batch of {batch}, not {batch} "
+            f"YUV420SP images of {side}x{side} ({want} bytes): set model.input_size to the model's AIPP src size"
+        )
 
 
 def _dims(device: Device, call: str, result: tuple[dict[str, Any], int]) -> list[int]:
     return [int(d) for d in value_of(device, call, result)["dims"]]
 
 
-def read_model_io(acl: Any, desc: int, model: ModelSpec, batch_size: int, device: Device) -> ModelIO:
+def read_model_io(
+    acl: Any, desc: int, model: ModelSpec, batch_size: int, device: Device, model_id: int | None = None
+) -> ModelIO:
     """Inputs, outputs and batch gears from the model description ``desc``; check them against the
     manifest. Raises :class:`StartupError` (manifest mismatch) or :class:`BackendError` (a call failed)."""
     n_in = acl.mdl.get_num_inputs(desc)
@@ -151,17 +207,24 @@ def read_model_io(acl: Any, desc: int, model: ModelSpec, batch_size: int, device
             raise StartupError(f"model {model.path} has a dynamic batch dim {dims} but no batch gears")
         model_batch = dims[0] if dims else 1
         max_batch = model_batch
+    aipp = model_id is not None and has_yuv420sp_aipp(acl, model_id, in_index, model, device)
     in_dtype = in_fmt = None
-    if hasattr(acl.mdl, "get_input_data_type"):
+    if aipp:
+        check_aipp_input(model, in_sizes[in_index], model_batch)
+    elif hasattr(acl.mdl, "get_input_data_type"):
         code = int(acl.mdl.get_input_data_type(desc, in_index))
         in_dtype = ACL_DTYPES.get(code)
         if in_dtype is None and code >= 0:
             raise StartupError(f"model {model.path} takes input of aclDataType {code}, not an image type")
-    if hasattr(acl.mdl, "get_input_format"):
+    if not aipp and hasattr(acl.mdl, "get_input_format"):
         in_fmt = int(acl.mdl.get_input_format(desc, in_index))
-    check_input(model, dims, in_sizes[in_index], in_dtype, in_fmt, model_batch)
-    input_shape: tuple[int, ...] = model.preprocess.input_shape(max_batch)
-    np_in = model.preprocess.numpy_dtype
+    if not aipp:
+        check_input(model, dims, in_sizes[in_index], in_dtype, in_fmt, model_batch)
+    pp = aipp_preprocess(model.preprocess) if aipp else model.preprocess
+    input_shape: tuple[int, ...] = pp.input_shape(max_batch)
+    np_in = pp.numpy_dtype
+    side = pp.size
+    in_row = side * side * 3 // 2 if aipp else int(math.prod(input_shape[1:])) * np_in.itemsize
 
     # logits: output 0, dims from the description, never a hard-coded 1000
     out_dims = _dims(device, "acl.mdl.get_output_dims", acl.mdl.get_output_dims(desc, 0))
@@ -197,8 +260,15 @@ def read_model_io(acl: Any, desc: int, model: ModelSpec, batch_size: int, device
         max_batch=max_batch,
         input_shape=input_shape,
         in_dtype=np_in,
-        in_row=int(math.prod(input_shape[1:])) * np_in.itemsize,
+        in_row=in_row,
         num_classes=classes,
         out_dtype=out_dtype,
         out_row=row_bytes,
+        aipp=aipp,
     )
+
+
+def aipp_preprocess(pp: Preprocess) -> Preprocess:
+    """What an AIPP session's ``infer`` takes: the manifest's crop as uint8 RGB, HWC (the session converts
+    it to NV12; the model's AIPP does colour conversion and normalisation)."""
+    return dataclasses.replace(pp, layout="NHWC", dtype="uint8")

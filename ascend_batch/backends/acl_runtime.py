@@ -32,6 +32,9 @@ ACL_MEMCPY_DEVICE_TO_DEVICE = 3
 ACL_DEVICE, ACL_HOST = 0, 1
 ACL_FORMAT_NCHW, ACL_FORMAT_NHWC = 0, 1
 DYNAMIC_BATCH_INPUT = "ascend_mbatch_shape_data"
+# aclmdlInputAippType and aclAippInputFormat (acl_mdl.h)
+ACL_DATA_WITHOUT_AIPP, ACL_DATA_WITH_STATIC_AIPP = 0, 1
+ACL_YUV420SP_U8 = 1
 
 # aclDataType -> numpy (the ones an image classifier's input or output can have)
 ACL_DTYPES: dict[int, np.dtype] = {

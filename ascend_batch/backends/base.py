@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import StartupError
 from ..models.spec import ModelSpec
+from ..preprocess import Preprocess
 
 DEVICE_KINDS = ("cpu", "cuda", "npu")
 _DEVICE_RE = re.compile(r"^(cpu|cuda|npu)(?::(\d+))?$")
@@ -72,10 +73,13 @@ class BackendFeatures:
 
 class DeviceBatch(Protocol):
     """One batch decoded on the device: ``rows[k]`` is the input position of row ``k`` of the payload;
-    ``results[i]`` is ``(width, height)`` of input ``i`` or the :class:`ImageError` that stopped it."""
+    ``results[i]`` is ``(width, height)`` of input ``i`` or the :class:`ImageError` that stopped it;
+    ``gpu``/``cpu`` count the inputs the device and the CPU fallback decoded."""
 
     rows: list[int]
     results: list[Any]
+    gpu: int
+    cpu: int
 
 
 class DeviceDecoder(Protocol):
@@ -93,6 +97,8 @@ class Session(Protocol):
     device: Device
 
     def infer(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def input_preprocess(self, pp: Preprocess) -> Preprocess: ...
 
     def device_decoder(self, max_pixels: int, max_batch: int) -> DeviceDecoder | None: ...
 
@@ -112,6 +118,11 @@ class SessionBase:
     """Defaults for sessions without a device decode stage (subclass it, or declare the same)."""
 
     features = SessionFeatures()
+
+    def input_preprocess(self, pp: Preprocess) -> Preprocess:
+        """What ``infer`` takes, given the manifest's preprocessing: the same, unless the model does
+        part of it itself (an AIPP model on Ascend takes uint8 RGB crops)."""
+        return pp
 
     def device_decoder(self, max_pixels: int, max_batch: int) -> DeviceDecoder | None:
         return None

@@ -23,10 +23,8 @@ Imports torch (and torchvision lazily); only the torch backend imports this modu
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures as cf
 import contextlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -37,6 +35,7 @@ import torch.nn.functional as F
 from ..errors import BackendError, ImageError
 from ..preprocess import DEFAULT_MAX_PIXELS, Decoded, Preprocess, decode
 from .jpeg_sniff import GPU_MAX_PIXELS, JpegInfo, gpu_refusal, sniff_jpeg
+from .prefetch import prefetched
 
 __all__ = [
     "GPU_MAX_PIXELS",
@@ -315,24 +314,3 @@ class GpuJpegDecoder:
                 f"device {self.device}: the GPU JPEG decoder broke the CUDA context ({cause}; then {exc}); "
                 "the worker must be restarted"
             ) from exc
-
-
-def prefetched(
-    decoder: GpuJpegDecoder,
-    batches: Iterable[tuple[K, Sequence[bytes]]],
-    cpu_decode: CpuDecode | None = None,
-    depth: int = 1,
-) -> Iterator[tuple[K, GpuBatch]]:
-    """``(key, decoder.decode(datas))`` for each ``(key, datas)`` of ``batches``, decoding ``depth``
-    batches ahead in a helper thread so the decode of batch k+1 overlaps the inference of batch k. The key
-    (e.g. the listing positions of the batch) travels with its batch; order is kept."""
-    with cf.ThreadPoolExecutor(1, thread_name_prefix="gpu-decode") as pool:
-        pending: collections.deque[tuple[K, cf.Future[GpuBatch]]] = collections.deque()
-        for key, datas in batches:
-            pending.append((key, pool.submit(decoder.decode, datas, cpu_decode)))
-            if len(pending) > depth:
-                k, fut = pending.popleft()
-                yield k, fut.result()
-        while pending:
-            k, fut = pending.popleft()
-            yield k, fut.result()

@@ -39,6 +39,10 @@ class DatasetConfig:
     skip_existing: tuple[Path, ...] = ()  # earlier result dirs whose images (id, size, mtime) are skipped
 
 
+# model.aipp: an .om whose AIPP takes uint8 YUV420SP (NV12), or one without AIPP; unset: ask the model
+AIPP_INPUTS = ("yuv420sp", "none")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     name: str | None = None  # built-in model name
@@ -54,6 +58,7 @@ class ModelConfig:
     layout: str | None = None
     dtype: str | None = None
     interpolation: str | None = None
+    aipp: str | None = None  # "yuv420sp" | "none": what an .om's input is, where the model cannot be asked
 
 
 def default_batch_size(devices: list[Device] | tuple[Device, ...]) -> int:
@@ -65,7 +70,7 @@ def default_batch_size(devices: list[Device] | tuple[Device, ...]) -> int:
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    """``[runtime]``. The backend-specific keys (precision ... gpu_decode) are accepted only for the
+    """``[runtime]``. The backend-specific keys (precision ... device_decode) are accepted only for the
     backends whose rules list them (:mod:`.rules`)."""
 
     backend: str = "onnxruntime"
@@ -80,7 +85,9 @@ class RuntimeConfig:
     precision: str | None = None  # torch: fp32 | fp16 | bf16 (default fp16 on cuda/npu, fp32 on cpu)
     channels_last: bool | None = None  # torch: NHWC memory format on accelerators (default on)
     compile: bool | None = None  # torch: torch.compile the model (default off)
-    gpu_decode: bool = True  # torch on CUDA: decode JPEGs on the GPU (nvJPEG), CPU fallback per file
+    # decode JPEGs on the device, CPU fallback per file: nvJPEG (torch on CUDA), DVPP (acl, AIPP models);
+    # `gpu_decode` is its earlier name
+    device_decode: bool = True
 
     def backend_options(self) -> dict[str, Any]:
         """The backend-specific keys the manifest set that go to the backend's constructor."""
@@ -105,7 +112,8 @@ class Manifest:
         It names existing output directories: a new field of DatasetConfig or ModelConfig changes every
         fingerprint unless it is left out here while it holds its default."""
         dataset = {k: v for k, v in asdict(self.dataset).items() if k not in ("paths", "skip_existing")}
-        payload = {"dataset": dataset, "model": asdict(self.model)}
+        model = {k: v for k, v in asdict(self.model).items() if not (k == "aipp" and v is None)}  # added later
+        payload = {"dataset": dataset, "model": model}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def with_runtime(self, **changes: Any) -> Manifest:

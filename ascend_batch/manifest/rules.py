@@ -42,8 +42,10 @@ class RuntimeKey:
 PRECISION = RuntimeKey("precision", str, choices=("fp32", "fp16", "bf16"))
 CHANNELS_LAST = RuntimeKey("channels_last", bool)
 COMPILE = RuntimeKey("compile", bool)
-GPU_DECODE = RuntimeKey("gpu_decode", bool, option=False)  # the device decode stage (worker)
-RUNTIME_KEYS = (PRECISION, CHANNELS_LAST, COMPILE, GPU_DECODE)
+# the device decode stage (worker): nvJPEG on CUDA (torch), DVPP on Ascend (acl, AIPP models)
+DEVICE_DECODE = RuntimeKey("device_decode", bool, option=False)
+DEVICE_DECODE_ALIAS = "gpu_decode"  # its earlier name, still accepted
+RUNTIME_KEYS = (PRECISION, CHANNELS_LAST, COMPILE, DEVICE_DECODE)
 
 
 @dataclass(frozen=True)
@@ -84,8 +86,9 @@ BACKEND_RULES: dict[str, BackendRules] = {
             device_kinds=("npu",),
             wrong_device="the acl backend runs on NPUs: use indices like [0, 1] or 'npu:0'",
             needs_model_path="the acl backend needs an .om model: set model.path (convert with ATC, see the README)",
+            keys=(DEVICE_DECODE,),
         ),
-        BackendRules(BACKENDS["torch"], keys=(PRECISION, CHANNELS_LAST, COMPILE, GPU_DECODE)),
+        BackendRules(BACKENDS["torch"], keys=(PRECISION, CHANNELS_LAST, COMPILE, DEVICE_DECODE)),
     )
 }
 

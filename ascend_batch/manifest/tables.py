@@ -12,6 +12,7 @@ from ..backends.base import BACKENDS, Device, parse_device
 from ..models.spec import MODEL_FORMATS
 from ..preprocess import DTYPES, LAYOUTS, RESAMPLE
 from .config import (
+    AIPP_INPUTS,
     BUILTIN_MODELS,
     DEFAULT_JOB_NAME,
     DEFAULT_MODEL,
@@ -22,7 +23,15 @@ from .config import (
     default_batch_size,
 )
 from .reader import TableReader, read_triple, resolve_path
-from .rules import FORMAT_BY_SUFFIX, RUNTIME_KEYS, BackendRules, readers_of, rules_for
+from .rules import (
+    DEVICE_DECODE,
+    DEVICE_DECODE_ALIAS,
+    FORMAT_BY_SUFFIX,
+    RUNTIME_KEYS,
+    BackendRules,
+    readers_of,
+    rules_for,
+)
 
 # [runtime] integers every backend reads, with their minimum (their defaults: RuntimeConfig)
 RUNTIME_INTS = {"unit_size": 1, "threads": 0, "streams": 0, "decode_workers": 0, "prefetch": 1, "max_retries": 0}
@@ -128,6 +137,7 @@ def read_model(r: TableReader, base: Path) -> ModelConfig:
     layout = r.choice("layout", LAYOUTS)
     dtype = r.choice("dtype", DTYPES)
     interpolation = r.choice("interpolation", RESAMPLE)
+    aipp = r.choice("aipp", AIPP_INPUTS)
     r.finish()
     return ModelConfig(
         name=DEFAULT_MODEL if name is None and path is None else name,
@@ -143,6 +153,7 @@ def read_model(r: TableReader, base: Path) -> ModelConfig:
         layout=layout,
         dtype=dtype,
         interpolation=interpolation,
+        aipp=aipp,
     )
 
 
@@ -190,11 +201,25 @@ def read_runtime(r: TableReader) -> RuntimeConfig:
         if key in rules.keys:
             value = r.get(key.name, key.kind, key.expected)
             values[key.name] = r.check(key.name, value, key.allows, f"expected {key.expected}")
+            if key is DEVICE_DECODE:
+                values[key.name] = _device_decode_alias(r, values[key.name])
         else:
             readers = " or ".join(readers_of(key))
             r.refuse(key.name, f"only the {readers} backend uses this key (backend is {backend!r})")
+            if key is DEVICE_DECODE:
+                r.refuse(DEVICE_DECODE_ALIAS, f"only the {readers} backend uses this key (backend is {backend!r})")
     r.finish()
     return RuntimeConfig(backend=backend, devices=devices, **{k: v for k, v in values.items() if v is not None})
+
+
+def _device_decode_alias(r: TableReader, value: bool | None) -> bool | None:
+    """``runtime.gpu_decode``, the earlier name of ``runtime.device_decode``, is still accepted."""
+    alias = r.get(DEVICE_DECODE_ALIAS, bool, DEVICE_DECODE.expected)
+    if alias is None:
+        return value
+    if value is not None and value != alias:
+        r.fail(f"runtime.{DEVICE_DECODE_ALIAS}", "contradicts runtime.device_decode (its new name): keep one of them")
+    return alias if value is None else value
 
 
 def check_backend_runs_model(r: TableReader, runtime: RuntimeConfig, model: ModelConfig) -> None:

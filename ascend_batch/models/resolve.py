@@ -53,6 +53,7 @@ def resolve_model(cfg: ModelConfig, backend: str, *, build: bool = True) -> Mode
         identity=file_identity(cfg.path),
         arch=cfg.arch,
         weights=cfg.weights,
+        aipp=cfg.aipp,
     )
 
 

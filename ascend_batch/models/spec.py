@@ -39,6 +39,7 @@ class ModelSpec:
     identity: str
     arch: str | None = None
     weights: Path | None = None  # original weights (the default model's .pth), when known
+    aipp: str | None = None  # model.aipp: "yuv420sp" | "none" as the manifest states it; None: ask the model
 
     @property
     def num_classes(self) -> int:

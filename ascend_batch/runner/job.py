@@ -166,7 +166,7 @@ def _run_locked(
         decode_timeout=manifest.dataset.decode_timeout,
         backend_options=rt.backend_options(),
         streams=streams,
-        device_decode=rt.gpu_decode,
+        device_decode=rt.device_decode,
     )
     supervisor = Supervisor(
         template, rt.devices, [], max_retries=rt.max_retries, progress=None, drain_timeout=drain_timeout
@@ -214,6 +214,7 @@ def _run_locked(
         "images_per_second": round(outcome.images / outcome.wall, 2) if outcome.wall > 0 else None,
         "per_device_images": outcome.per_device,
         "stage_seconds": {k: round(v, 3) for k, v in outcome.seconds.items()},
+        "decoded_on": outcome.decoded,
         "worker_deaths": outcome.worker_deaths,
         "threads_per_inference": threads,
         "inference_streams_per_worker": streams,

@@ -82,6 +82,7 @@ class TaskStats:
             "wait_task": 0.0,  # idle between units, waiting for the supervisor
         }
     )
+    decoded: dict[str, int] = field(default_factory=dict)  # images decoded on "device" and on "cpu"
     batches: int = 0
     started: float = 0.0
     finished: float = 0.0

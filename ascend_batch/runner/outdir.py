@@ -147,13 +147,14 @@ def merge_pieces(out: Path, unit: Unit) -> bool:
     """Merge a bisected unit's pieces into its part (listing order), then drop them."""
     files = sorted((out / PIECES_DIR).glob(f"u{unit.index:06d}-*.parquet"))
     tables = [pq.read_table(p) for p in files]
-    stats: dict = {"images": 0, "ok": 0, "errors": 0, "error_kinds": {}, "seconds": {}, "bisected": True}
+    stats: dict = {"images": 0, "ok": 0, "errors": 0, "error_kinds": {}, "seconds": {}, "decoded": {}, "bisected": True}
     for t in tables:
         part = part_stats(t)
         for k in ("images", "ok", "errors"):
             stats[k] += part.get(k, 0)
         sum_into(stats["error_kinds"], part.get("error_kinds", {}))
         sum_into(stats["seconds"], part.get("seconds", {}))
+        sum_into(stats["decoded"], part.get("decoded", {}))
     table = pa.concat_tables([t.replace_schema_metadata(None) for t in tables])
     committed = commit_part(out, unit.index, table, stats)
     for p in files:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..backends.base import Session
+from ..backends.prefetch import prefetched
 from ..errors import ImageError
 from ..preprocess import Decoded, Pixels, Preprocess, decode, decode_pixels, normalise_into
 from ..sources import Item, ItemReader
@@ -150,6 +151,7 @@ def decode_cpu(
                 sample.fail(result, stats)
             else:
                 sample.pixels, sample.data = result, None
+                stats.decoded["cpu"] = stats.decoded.get("cpu", 0) + 1
         yield sample
         fill()
 
@@ -265,7 +267,6 @@ def decode_on_device(
     """Each group with its device batch (the decoder's result for the group's readable samples), one
     group decoding ahead while the previous one infers. Files the device cannot take are decoded by
     the CPU pool; a file neither can decode becomes that sample's error."""
-    from ..backends.gpu_decode import prefetched
 
     def cpu_decode(datas: list[bytes]) -> list[Decoded | ImageError]:
         results = list(pool.pool.map(lambda d: timed(decode, d, pp, max_pixels), datas))
@@ -276,11 +277,30 @@ def decode_on_device(
         for group in groups:
             yield group, [s.data for s in group if s.live and s.data is not None]
 
+    timed_decoder = _TimedDecoder(decoder, stats)
     t0 = time.perf_counter()
-    for group, dev in prefetched(decoder, keyed(), cpu_decode):
+    for group, dev in prefetched(timed_decoder, keyed(), cpu_decode):
         stats.seconds["wait_decode"] += time.perf_counter() - t0
+        stats.decoded["device"] = stats.decoded.get("device", 0) + dev.gpu
+        stats.decoded["cpu"] = stats.decoded.get("cpu", 0) + dev.cpu
         yield group, dev
         t0 = time.perf_counter()
+
+
+class _TimedDecoder:
+    """A device decoder whose calls are timed as the ``device_decode`` stage (CPU fallback included)."""
+
+    def __init__(self, decoder: Any, stats: TaskStats) -> None:
+        self.decoder = decoder
+        self.stats = stats
+
+    def decode(self, datas: Any, cpu_decode: Any = None) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return self.decoder.decode(datas, cpu_decode)
+        finally:
+            seconds = self.stats.seconds
+            seconds["device_decode"] = seconds.get("device_decode", 0.0) + time.perf_counter() - t0
 
 
 def infer_device(

@@ -30,6 +30,7 @@ class JobStatus:
     error_kinds: dict[str, int] = field(default_factory=dict)
     per_device: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    decoded: dict[str, int] = field(default_factory=dict)  # images decoded on the "device" and the "cpu"
     first_commit: float | None = None
     last_commit: float | None = None
     recent_rate: float | None = None  # img/s over the latest commits
@@ -83,7 +84,9 @@ def job_status(out: Path, *, stages: bool = True) -> JobStatus:
             devices[dev] += count
         commits.append((mtime, n))
         if stages:
-            sum_into(st.seconds, part_stats(table).get("seconds", {}))
+            stats = part_stats(table)
+            sum_into(st.seconds, stats.get("seconds", {}))
+            sum_into(st.decoded, stats.get("decoded", {}))
     st.error_kinds = dict(kinds)
     st.per_device = dict(devices)
     if commits:
@@ -104,6 +107,7 @@ def summary_dict(st: JobStatus, run: dict | None = None) -> dict:
         "errors_by_kind": dict(sorted(st.error_kinds.items(), key=lambda kv: -kv[1])),
         "per_device_images": st.per_device,
         "stage_seconds": {k: round(v, 3) for k, v in st.seconds.items()},
+        "decoded_on": st.decoded,
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     if run is not None:

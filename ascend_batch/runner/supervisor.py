@@ -95,6 +95,7 @@ class Outcome:
     verdict: Verdict | None = None
     per_device: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    decoded: dict[str, int] = field(default_factory=dict)
     error_kinds: dict[str, int] = field(default_factory=dict)
     wall: float = 0.0
     worker_deaths: int = 0
@@ -219,6 +220,7 @@ class Supervisor:
         o.errors += stats["errors"]
         o.per_device[device] = o.per_device.get(device, 0) + stats["images"]
         sum_into(o.seconds, stats["seconds"])
+        sum_into(o.decoded, stats.get("decoded", {}))
         sum_into(o.error_kinds, stats["error_kinds"])
         # images that errored before a batch reached the device are not in the progress feed
         self.progress.advance(device, stats["images"] - stats["ok"])

@@ -195,7 +195,7 @@ class SessionOpener:
         n = max(1, self.cfg.streams) if session.features.concurrent_infer else 1
         if n > 1 and self.infer_pool is None:
             self.infer_pool = cf.ThreadPoolExecutor(n, thread_name_prefix="infer")
-        pp = self.cfg.model.preprocess
+        pp = session.input_preprocess(self.cfg.model.preprocess)
         shape = pp.input_shape(self.cap(session))
         if self._buffers is None or self._buffers[0].shape != shape:
             self._buffers = None  # a failed allocation must not leave half a set behind
@@ -308,7 +308,8 @@ def run_task(
                 progress = (lambda k: conn.send(Progress(k))) if conn is not None else (lambda k: None)
                 stopping = (lambda: state.stop.is_set()) if state is not None else (lambda: False)
                 groups = stages.batches(samples, opener.cap(session))
-                pairs = stages.decode_on_device(groups, decoder, pool, pp, cfg.max_pixels, stats)
+                cpu_pp = session.input_preprocess(pp)  # what the fallback decodes to, for this model
+                pairs = stages.decode_on_device(groups, decoder, pool, cpu_pp, cfg.max_pixels, stats)
                 return _commit(cfg, task, list(stages.infer_device(pairs, session, stats, progress, stopping)), stats)
         window = cfg.batch_size * max(1, cfg.prefetch) + cfg.decode_workers
         decoded = stages.decode_cpu(samples, pool, window, pp, cfg.max_pixels, cfg.decode_timeout, stats)

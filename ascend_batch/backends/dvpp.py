@@ -1,0 +1,330 @@
+"""DVPP decode for AIPP models on the acl backend: the device decode stage of :class:`~.acl.AclSession`.
+
+Per batch: each JPEG that JPEGD can take (decided from its header, :func:`dvpp_refusal`) is copied into
+DVPP memory and decoded asynchronously (JPEGD, NV12), then VPC crops the centred region that the CPU
+path's resize-then-crop maps from and scales it to the model's input size, straight into one row of a
+DVPP staging buffer; one ``synchronize_stream`` waits for the whole batch. Meanwhile the worker's CPU
+decode threads take the other files (progressive, CMYK, 12-bit, EXIF-rotated, too small or large,
+not JPEG), whose RGB crops are converted to NV12 on the host (:func:`rgb_to_nv12`) and copied into
+their rows, so the model sees the same input either way. A file JPEGD rejects at run time (its picture
+description's return code) goes the CPU way too; it is an error row only if the CPU fails as well.
+
+Everything is made once per session and reused: the channel, a DVPP stream, one JPEGD output and one
+VPC output description per batch slot, a ROI config per slot, input and decode buffers per slot (grown
+when a larger image comes), and two staging buffers (a batch decodes into one while the previous one
+is copied into the model). :meth:`DvppDecoder.close` releases them in reverse order; the session calls
+it before its own resources, also after a failure mid-batch.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import functools
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import BackendError, ImageError
+from ..preprocess import Decoded, Preprocess
+from .jpeg_sniff import JpegInfo, gpu_refusal, sniff_jpeg
+
+PIXEL_FORMAT_YUV_SEMIPLANAR_420 = 1  # NV12
+JPEGD_MIN_SIDE, JPEGD_MAX_SIDE = 32, 8192
+STAGING_BUFFERS = 2  # the batch being decoded, and the one being copied into the model
+
+CpuDecode = Callable[[list[bytes]], list[Decoded | ImageError]]
+
+
+def align(value: int, to: int) -> int:
+    return (value + to - 1) // to * to
+
+
+def dvpp_refusal(info: JpegInfo | None, max_pixels: int) -> str | None:
+    """Why JPEGD must not have an image (it goes to the CPU), or None."""
+    reason = gpu_refusal(info, max_pixels, gpu_max_pixels=JPEGD_MAX_SIDE * JPEGD_MAX_SIDE)
+    if reason is not None or info is None:
+        return reason
+    if not (JPEGD_MIN_SIDE <= info.width <= JPEGD_MAX_SIDE and JPEGD_MIN_SIDE <= info.height <= JPEGD_MAX_SIDE):
+        return f"{info.width}x{info.height} is outside JPEGD's {JPEGD_MIN_SIDE}..{JPEGD_MAX_SIDE}"
+    return None
+
+
+def crop_roi(width: int, height: int, pp: Preprocess) -> tuple[int, int, int, int]:
+    """``(left, right, top, bottom)``, inclusive, of the source region that the CPU path's resize (short
+    side to ``pp.resize``) and centre crop (``pp.size``) keep, with VPC's parity rules (left and top
+    even, right and bottom odd)."""
+    short = min(width, height)
+    new_w = max(pp.size, round(width * pp.resize / short))
+    new_h = max(pp.size, round(height * pp.resize / short))
+    sx, sy = width / new_w, height / new_h
+    x0, y0 = (new_w - pp.size) // 2 * sx, (new_h - pp.size) // 2 * sy
+    x1, y1 = x0 + pp.size * sx, y0 + pp.size * sy
+
+    def span(lo: float, hi: float, limit: int) -> tuple[int, int]:
+        first = round(lo) // 2 * 2  # even
+        last = min(round(hi) - 1, limit - 1)  # inclusive
+        if last % 2 == 0:
+            last = last + 1 if last + 1 <= limit - 1 else last - 1
+        return first, max(last, first + 1)
+
+    left, right = span(x0, x1, width)
+    top, bottom = span(y0, y1, height)
+    return left, right, top, bottom
+
+
+def rgb_to_nv12(rgb: np.ndarray) -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB -> NV12 bytes (``H * W * 3 // 2``): full-range BT.601 (JFIF) YCbCr, as a
+    JPEG stores it and JPEGD outputs it; chroma averaged over 2x2 blocks. H and W even."""
+    x = rgb.astype(np.float32)
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    y = 0.299 * r + 0.587 * g + 0.114 * b
+    u = 128.0 - 0.168736 * r - 0.331264 * g + 0.5 * b
+    v = 128.0 + 0.5 * r - 0.418688 * g - 0.081312 * b
+    h, w = y.shape
+    uv = np.stack([u, v], axis=-1).reshape(h // 2, 2, w // 2, 2, 2).mean(axis=(1, 3))
+    out = np.empty(h * w * 3 // 2, dtype=np.uint8)
+    out[: h * w] = np.clip(np.rint(y), 0, 255).reshape(-1)
+    out[h * w :] = np.clip(np.rint(uv), 0, 255).reshape(-1)
+    return out
+
+
+@dataclass
+class DvppBatch:
+    """One decoded batch (a :class:`~.base.DeviceBatch`): model row ``k`` is staging row ``staging_rows[k]``
+    and holds input ``rows[k]``; ``results[i]`` is ``(width, height)`` of input ``i`` or its ImageError."""
+
+    rows: list[int]
+    results: list[Any]
+    staging: int  # which staging buffer holds the rows
+    staging_rows: list[int]
+    gpu: int = 0  # decoded by DVPP (named like the GPU decoder's counts)
+    cpu: int = 0  # decoded by the CPU
+    seconds: float = 0.0  # DVPP submission and synchronisation
+    reasons: dict[str, int] = field(default_factory=dict)  # why files went to the CPU
+
+
+@dataclass
+class _Slot:
+    """One batch position's reusable DVPP resources (buffers grown when a larger image comes)."""
+
+    jpeg_desc: int
+    vpc_desc: int
+    in_ptr: int = 0
+    in_cap: int = 0
+    out_ptr: int = 0
+    out_cap: int = 0
+
+
+class DvppDecoder:
+    """JPEG bytes of up to ``max_batch`` images -> NV12 rows of the model's input size in DVPP memory."""
+
+    def __init__(self, session: Any, pp: Preprocess, max_batch: int, max_pixels: int) -> None:
+        self.session = session
+        self.acl = session.acl
+        self.pp = pp
+        self.max_pixels = max_pixels
+        self.max_batch = max_batch
+        self.width = self.height = pp.size
+        self.row = self.width * self.height * 3 // 2
+        self._lock = threading.Lock()
+        self._undo: list[tuple[str, Callable[[], Any]]] = []
+        self._slots: list[_Slot] = []
+        self._next = 0
+        self.closed = False
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- resources --------------------------------------------------------------------------
+    def _open(self) -> None:
+        media, s = self.acl.media, self.session
+        s.use_context()
+        chan = s.handle("acl.media.dvpp_create_channel_desc", media.dvpp_create_channel_desc())
+        self._undo.append(("acl.media.dvpp_destroy_channel_desc", lambda: media.dvpp_destroy_channel_desc(chan)))
+        s.check("acl.media.dvpp_create_channel", media.dvpp_create_channel(chan))
+        self._undo.append(("acl.media.dvpp_destroy_channel", lambda: media.dvpp_destroy_channel(chan)))
+        self.channel = chan
+        stream = s.value("acl.rt.create_stream", self.acl.rt.create_stream())
+        self._undo.append(("acl.rt.destroy_stream", lambda: self.acl.rt.destroy_stream(stream)))
+        self.stream = stream
+        self.staging = []
+        for _ in range(STAGING_BUFFERS):
+            ptr = self._dvpp_malloc(self.row * self.max_batch)
+            self._undo.append(("acl.media.dvpp_free", functools.partial(media.dvpp_free, ptr)))
+            self.staging.append(ptr)
+        for _ in range(self.max_batch):
+            self._slots.append(_Slot(self._pic_desc(), self._pic_desc()))
+
+    def _pic_desc(self) -> int:
+        media = self.acl.media
+        desc = int(self.session.handle("acl.media.dvpp_create_pic_desc", media.dvpp_create_pic_desc()))
+        self._undo.append(("acl.media.dvpp_destroy_pic_desc", lambda: media.dvpp_destroy_pic_desc(desc)))
+        return desc
+
+    def _dvpp_malloc(self, size: int) -> int:
+        return int(self.session.value("acl.media.dvpp_malloc", self.acl.media.dvpp_malloc(size)))
+
+    def _buffer(self, slot: _Slot, which: str, size: int) -> int:
+        """The slot's input (``which="in"``) or decode (``"out"``) buffer, at least ``size`` bytes."""
+        ptr, cap = getattr(slot, f"{which}_ptr"), getattr(slot, f"{which}_cap")
+        if cap < size:
+            if ptr:
+                setattr(slot, f"{which}_ptr", 0)
+                setattr(slot, f"{which}_cap", 0)
+                self.session.check("acl.media.dvpp_free", self.acl.media.dvpp_free(ptr))
+            cap = align(size, 1 << 16)
+            ptr = self._dvpp_malloc(cap)
+            setattr(slot, f"{which}_ptr", ptr)
+            setattr(slot, f"{which}_cap", cap)
+        return int(ptr)
+
+    def close(self) -> list[str]:
+        """Release everything in reverse order (the slots' buffers, the newest, first); returns what
+        failed, and keeps going past it."""
+        with self._lock:
+            undo, self._undo = self._undo, []
+            slots, self._slots = self._slots, []
+            self.closed = True
+        steps: list[tuple[str, Callable[[], Any]]] = list(undo)
+        for slot in slots:
+            for ptr in (slot.in_ptr, slot.out_ptr):
+                if ptr:
+                    steps.append(("acl.media.dvpp_free", functools.partial(self.acl.media.dvpp_free, ptr)))
+        problems = []
+        for name, fn in reversed(steps):
+            try:
+                ret = fn()
+            except Exception as exc:
+                problems.append(f"{name} raised {type(exc).__name__}: {exc}")
+                continue
+            if ret not in (0, None):
+                problems.append(f"{name} returned {ret}")
+        return problems
+
+    def close_checked(self) -> int:
+        """:meth:`close` for the session's undo stack: raises with every failure, else returns 0."""
+        problems = self.close()
+        if problems:
+            raise BackendError("; ".join(problems))
+        return 0
+
+    # -- one batch --------------------------------------------------------------------------
+    def decode(self, datas: Sequence[bytes], cpu_decode: CpuDecode | None = None) -> DvppBatch:
+        """Decode ``datas`` into the next staging buffer; every input ends as a row or an error."""
+        if cpu_decode is None:
+            raise ValueError("the DVPP decoder needs the CPU decode path for its fallback")
+        if len(datas) > self.max_batch:
+            raise ValueError(f"{len(datas)} images for a decoder of {self.max_batch}")
+        with self._lock:
+            if self.closed:
+                raise BackendError(f"device {self.session.device}: the DVPP decoder is closed")
+            staging = self._next
+            self._next = (self._next + 1) % STAGING_BUFFERS
+            self.session.use_context()  # this runs in the decode thread: pyACL's context is per thread
+            return self._decode(list(datas), cpu_decode, staging)
+
+    def _decode(self, datas: list[bytes], cpu_decode: CpuDecode, staging: int) -> DvppBatch:
+        infos = [sniff_jpeg(d) for d in datas]
+        reasons: dict[str, int] = {}
+        device: list[int] = []
+        cpu: list[int] = []
+        for i, info in enumerate(infos):
+            why = dvpp_refusal(info, self.max_pixels)
+            if why is None:
+                device.append(i)
+            else:
+                cpu.append(i)
+                reasons[why] = reasons.get(why, 0) + 1
+        # the CPU decode threads take their files while DVPP takes the others
+        with cf.ThreadPoolExecutor(1, thread_name_prefix="dvpp-cpu") as helper:
+            cpu_future = helper.submit(cpu_decode, [datas[i] for i in cpu]) if cpu else None
+            t0 = time.perf_counter()
+            refused = self._submit_and_wait(datas, infos, device, staging) if device else set()
+            seconds = time.perf_counter() - t0
+            cpu_results = list(cpu_future.result()) if cpu_future is not None else []
+        if refused:  # JPEGD said no at run time: the CPU tries
+            reasons["refused by JPEGD"] = len(refused)
+            late = sorted(refused)
+            cpu += late
+            cpu_results += cpu_decode([datas[i] for i in late])
+        results: list[Any] = [None] * len(datas)
+        rows: list[int] = []
+        staging_rows: list[int] = []
+        for k, i in enumerate(device):
+            if i not in refused:
+                info = infos[i]
+                assert info is not None
+                results[i] = (info.width, info.height)
+                rows.append(i)
+                staging_rows.append(k)  # JPEGD + VPC wrote staging row k
+        gpu = len(rows)
+        free_row = len(device)
+        for i, res in zip(cpu, cpu_results, strict=True):
+            if isinstance(res, ImageError):
+                results[i] = res
+                continue
+            results[i] = (res.width, res.height)
+            self.session.copy_in(
+                self.staging[staging] + free_row * self.row, self.row, rgb_to_nv12(res.array).tobytes()
+            )
+            rows.append(i)
+            staging_rows.append(free_row)
+            free_row += 1
+        return DvppBatch(rows, results, staging, staging_rows, gpu, len(rows) - gpu, seconds, reasons)
+
+    def _submit_and_wait(
+        self, datas: list[bytes], infos: list[JpegInfo | None], device: list[int], staging: int
+    ) -> set[int]:
+        """JPEGD then VPC for each ``device`` input (slot k writes staging row k), one sync; returns the
+        inputs JPEGD refused."""
+        media, s = self.acl.media, self.session
+        s.use_context()
+        rois: list[int] = []
+        try:
+            for k, i in enumerate(device):
+                info = infos[i]
+                assert info is not None
+                slot, data = self._slots[k], datas[i]
+                in_ptr = self._buffer(slot, "in", len(data))
+                s.copy_in(in_ptr, slot.in_cap, data)
+                ws, hs = align(info.width, 128), align(info.height, 16)
+                out_ptr = self._buffer(slot, "out", ws * hs * 3 // 2)
+                self._describe(slot.jpeg_desc, out_ptr, ws * hs * 3 // 2, info.width, info.height, ws, hs)
+                s.check(
+                    "acl.media.dvpp_jpeg_decode_async",
+                    media.dvpp_jpeg_decode_async(self.channel, in_ptr, len(data), slot.jpeg_desc, self.stream),
+                )
+                row = self.staging[staging] + k * self.row
+                self._describe(slot.vpc_desc, row, self.row, self.width, self.height, self.width, self.height)
+                roi = s.handle(
+                    "acl.media.dvpp_create_roi_config",
+                    media.dvpp_create_roi_config(*crop_roi(info.width, info.height, self.pp)),
+                )
+                rois.append(roi)
+                s.check(
+                    "acl.media.dvpp_vpc_crop_async",
+                    media.dvpp_vpc_crop_async(self.channel, slot.jpeg_desc, slot.vpc_desc, roi, self.stream),
+                )
+            s.check("acl.rt.synchronize_stream", self.acl.rt.synchronize_stream(self.stream))
+        finally:
+            for roi in rois:  # read by the asynchronous calls: destroyed only now
+                media.dvpp_destroy_roi_config(roi)
+        return {i for k, i in enumerate(device) if media.dvpp_get_pic_desc_ret_code(self._slots[k].jpeg_desc) != 0}
+
+    def _describe(self, desc: int, ptr: int, size: int, w: int, h: int, ws: int, hs: int) -> None:
+        media, check = self.acl.media, self.session.check
+        check("acl.media.dvpp_set_pic_desc_data", media.dvpp_set_pic_desc_data(desc, ptr))
+        check("acl.media.dvpp_set_pic_desc_size", media.dvpp_set_pic_desc_size(desc, size))
+        check(
+            "acl.media.dvpp_set_pic_desc_format", media.dvpp_set_pic_desc_format(desc, PIXEL_FORMAT_YUV_SEMIPLANAR_420)
+        )
+        check("acl.media.dvpp_set_pic_desc_width", media.dvpp_set_pic_desc_width(desc, w))
+        check("acl.media.dvpp_set_pic_desc_height", media.dvpp_set_pic_desc_height(desc, h))
+        check("acl.media.dvpp_set_pic_desc_width_stride", media.dvpp_set_pic_desc_width_stride(desc, ws))
+        check("acl.media.dvpp_set_pic_desc_height_stride", media.dvpp_set_pic_desc_height_stride(desc, hs))
