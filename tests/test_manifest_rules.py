@@ -230,3 +230,27 @@ def test_fingerprint_is_pinned() -> None:
     }
     assert parse_manifest(plain, base).fingerprint() == PINNED["plain"]
     assert parse_manifest(custom, base).fingerprint() == PINNED["custom"]
+
+
+@pytest.mark.parametrize("backend", ["torch", "acl"])
+def test_device_decode_and_its_old_name(tmp_path: Path, backend: str) -> None:
+    assert manifest(tmp_path, backend).runtime.device_decode is True
+    assert manifest(tmp_path, backend, {"device_decode": False}).runtime.device_decode is False
+    assert manifest(tmp_path, backend, {"gpu_decode": False}).runtime.device_decode is False  # still accepted
+    assert manifest(tmp_path, backend, {"gpu_decode": False, "device_decode": False}).runtime.device_decode is False
+    (msg,) = errors(tmp_path, backend, {"gpu_decode": False, "device_decode": True})
+    assert "[runtime.gpu_decode] contradicts runtime.device_decode" in msg
+
+
+def test_device_decode_is_refused_where_no_backend_reads_it(tmp_path: Path) -> None:
+    for key in ("device_decode", "gpu_decode"):
+        (msg,) = errors(tmp_path, "onnxruntime", {key: True})
+        assert f"[runtime.{key}] only the acl or torch backend uses this key" in msg
+
+
+def test_model_aipp_is_checked_and_leaves_old_fingerprints_alone(tmp_path: Path) -> None:
+    assert manifest(tmp_path, "acl", aipp="yuv420sp").model.aipp == "yuv420sp"
+    assert manifest(tmp_path, "acl").model.aipp is None
+    (msg,) = errors(tmp_path, "acl", aipp="rgb")
+    assert "[model.aipp]" in msg and "yuv420sp" in msg
+    assert manifest(tmp_path, "acl").fingerprint() != manifest(tmp_path, "acl", aipp="none").fingerprint()

@@ -151,10 +151,10 @@ def check_aipp_input(model: ModelSpec, size: int, batch: int) -> None:
     """An AIPP model's input 0 must be ``batch`` NV12 images of ``model.input_size`` squared."""
     side = model.preprocess.size
     want = batch * side * side * 3 // 2
-    if side % 16 or side % 2:
+    if side % 16 or side < 32:
         raise StartupError(
-            f"[model.input_size] {side}: DVPP writes rows of widths that are multiples of 16; an AIPP model's "
-            "input must be too"
+            f"[model.input_size] {side}: DVPP writes rows whose width is a multiple of 16, at least 32; an AIPP "
+            "model's input must be too"
         )
     if size != want:
         raise StartupError(

@@ -264,27 +264,27 @@ class DvppDecoder:
                 rows.append(i)
                 staging_rows.append(k)  # JPEGD + VPC wrote staging row k
         gpu = len(rows)
+        slot_of = {i: k for k, i in enumerate(device)}  # a refused file's CPU rows go where DVPP's would have
         free_row = len(device)
         for i, res in zip(cpu, cpu_results, strict=True):
             if isinstance(res, ImageError):
                 results[i] = res
                 continue
             results[i] = (res.width, res.height)
-            self.session.copy_in(
-                self.staging[staging] + free_row * self.row, self.row, rgb_to_nv12(res.array).tobytes()
-            )
+            target = slot_of.get(i)
+            if target is None:
+                target, free_row = free_row, free_row + 1
+            self.session.copy_in(self.staging[staging] + target * self.row, self.row, rgb_to_nv12(res.array).tobytes())
             rows.append(i)
-            staging_rows.append(free_row)
-            free_row += 1
+            staging_rows.append(target)
         return DvppBatch(rows, results, staging, staging_rows, gpu, len(rows) - gpu, seconds, reasons)
 
     def _submit_and_wait(
         self, datas: list[bytes], infos: list[JpegInfo | None], device: list[int], staging: int
     ) -> set[int]:
         """JPEGD then VPC for each ``device`` input (slot k writes staging row k), one sync; returns the
-        inputs JPEGD refused."""
+        inputs JPEGD refused (each picture description's return code says so)."""
         media, s = self.acl.media, self.session
-        s.use_context()
         rois: list[int] = []
         try:
             for k, i in enumerate(device):
@@ -293,9 +293,12 @@ class DvppDecoder:
                 slot, data = self._slots[k], datas[i]
                 in_ptr = self._buffer(slot, "in", len(data))
                 s.copy_in(in_ptr, slot.in_cap, data)
+                # JPEGD's NV12 output: even width and height, strides aligned to 128 and 16. JPEGD fills them
+                # in at the sync; VPC, queued behind it, is described with them now
+                w, h = info.width & ~1, info.height & ~1
                 ws, hs = align(info.width, 128), align(info.height, 16)
                 out_ptr = self._buffer(slot, "out", ws * hs * 3 // 2)
-                self._describe(slot.jpeg_desc, out_ptr, ws * hs * 3 // 2, info.width, info.height, ws, hs)
+                self._describe(slot.jpeg_desc, out_ptr, slot.out_cap, w, h, ws, hs)
                 s.check(
                     "acl.media.dvpp_jpeg_decode_async",
                     media.dvpp_jpeg_decode_async(self.channel, in_ptr, len(data), slot.jpeg_desc, self.stream),
@@ -303,19 +306,21 @@ class DvppDecoder:
                 row = self.staging[staging] + k * self.row
                 self._describe(slot.vpc_desc, row, self.row, self.width, self.height, self.width, self.height)
                 roi = s.handle(
-                    "acl.media.dvpp_create_roi_config",
-                    media.dvpp_create_roi_config(*crop_roi(info.width, info.height, self.pp)),
+                    "acl.media.dvpp_create_roi_config", media.dvpp_create_roi_config(*crop_roi(w, h, self.pp))
                 )
                 rois.append(roi)
                 s.check(
                     "acl.media.dvpp_vpc_crop_async",
                     media.dvpp_vpc_crop_async(self.channel, slot.jpeg_desc, slot.vpc_desc, roi, self.stream),
                 )
-            s.check("acl.rt.synchronize_stream", self.acl.rt.synchronize_stream(self.stream))
+            synced = self.acl.rt.synchronize_stream(self.stream)
         finally:
             for roi in rois:  # read by the asynchronous calls: destroyed only now
                 media.dvpp_destroy_roi_config(roi)
-        return {i for k, i in enumerate(device) if media.dvpp_get_pic_desc_ret_code(self._slots[k].jpeg_desc) != 0}
+        refused = {i for k, i in enumerate(device) if media.dvpp_get_pic_desc_ret_code(self._slots[k].jpeg_desc) != 0}
+        if synced != 0 and not refused:  # a failed DVPP task fails the sync; only a picture's failure is expected
+            s.check("acl.rt.synchronize_stream", synced)
+        return refused
 
     def _describe(self, desc: int, ptr: int, size: int, w: int, h: int, ws: int, hs: int) -> None:
         media, check = self.acl.media, self.session.check

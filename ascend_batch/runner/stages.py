@@ -281,8 +281,9 @@ def decode_on_device(
     t0 = time.perf_counter()
     for group, dev in prefetched(timed_decoder, keyed(), cpu_decode):
         stats.seconds["wait_decode"] += time.perf_counter() - t0
-        stats.decoded["device"] = stats.decoded.get("device", 0) + dev.gpu
-        stats.decoded["cpu"] = stats.decoded.get("cpu", 0) + dev.cpu
+        for where, count in (("device", dev.gpu), ("cpu", dev.cpu)):
+            if count:
+                stats.decoded[where] = stats.decoded.get(where, 0) + count
         yield group, dev
         t0 = time.perf_counter()
 

@@ -17,6 +17,11 @@ Not a backend and never shipped: it enforces what real pyACL enforces so that th
   ``"mdl.execute:2@1"`` (second execute on device 1), ``"mdl.execute:1+"`` (every one),
   ``"rt.memcpy:5=507899"`` (custom code), ``"mdl.execute:2@1!"`` (only in the first process that
   gets there: a restarted worker does not fail again); comma-separated for several. Read at each call.
+- ``acl.media`` (DVPP: JPEGD decode, VPC crop/resize) and AIPP models (``acl.mdl``): emulated
+  with Pillow and numpy, never hardware figures; see the ``acl.media`` and ``acl.mdl`` docstrings
+  (``ACL_FAKE_JPEGD`` chooses how JPEGD refuses a picture).
+- ``ACL_FAKE_SYNC_DELAY`` (seconds) makes every ``synchronize_stream`` with pending work that much
+  slower, like device time (for tests that must catch a job mid-run).
 - ``ACL_FAKE_DEVICES`` (default 8) devices exist; ``ACL_FAKE_HIDE=util.numpy_to_ptr,...`` removes
   attributes to mimic other CANN versions; ``ACL_FAKE_THREADS`` sets onnxruntime threads (1).
 
@@ -27,14 +32,16 @@ from __future__ import annotations
 
 import os
 
-from . import _fake, mdl, rt, util
-from ._state import (
+from . import _fake, mdl, media, rt, util
+from ._codes import (
     ACL_ERROR_INVALID_PARAM,
     ACL_ERROR_RELATIVE_RESOURCE_NOT_CLEARED,
     ACL_ERROR_REPEAT_FINALIZE,
     ACL_ERROR_REPEAT_INITIALIZE,
     ACL_ERROR_UNINITIALIZE,
     ACL_SUCCESS,
+)
+from ._state import (
     HANDLE_BASE,
     STATE,
     DataBuffer,
@@ -51,6 +58,7 @@ __all__ = [
     "get_data_buffer_size_v2",
     "init",
     "mdl",
+    "media",
     "rt",
     "update_data_buffer",
     "util",
@@ -89,6 +97,10 @@ def finalize() -> int:
         STATE.buffers,
         STATE.device_refs,
         STATE.default_ctx,
+        STATE.channel_descs,
+        STATE.pic_descs,
+        STATE.roi_configs,
+        STATE.resize_configs,
     ):
         table.clear()
     STATE.host_views.clear()
@@ -141,7 +153,7 @@ def get_data_buffer_size_v2(data_buffer: int) -> int:
 
 
 def _hide(spec: str) -> None:
-    modules = {"rt": rt, "mdl": mdl, "util": util}
+    modules = {"rt": rt, "mdl": mdl, "media": media, "util": util}
     for item in filter(None, (s.strip() for s in spec.split(","))):
         owner, _, name = item.rpartition(".")
         target = modules.get(owner) if owner else globals()

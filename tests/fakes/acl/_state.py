@@ -20,72 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
-# --- return codes (acl_base.h, rt_error_codes.h, ge_error_codes.h) -----------------------------
-ACL_SUCCESS = 0
-ACL_ERROR_INVALID_PARAM = 100000
-ACL_ERROR_UNINITIALIZE = 100001
-ACL_ERROR_REPEAT_INITIALIZE = 100002
-ACL_ERROR_INVALID_FILE = 100003
-ACL_ERROR_INVALID_MODEL_ID = 100011
-ACL_ERROR_PARSE_MODEL = 100013
-ACL_ERROR_READ_MODEL_FAILURE = 100014
-ACL_ERROR_MODEL_INPUT_NOT_MATCH = 100017
-ACL_ERROR_MODEL_OUTPUT_NOT_MATCH = 100018
-ACL_ERROR_MODEL_NOT_DYNAMIC = 100019
-ACL_ERROR_REPEAT_FINALIZE = 100037
-ACL_ERROR_RELATIVE_RESOURCE_NOT_CLEARED = 148051
-ACL_ERROR_INTERNAL_ERROR = 500000
-ACL_ERROR_FAILURE = 500001
-ACL_ERROR_RT_PARAM_INVALID = 107000
-ACL_ERROR_RT_INVALID_DEVICEID = 107001
-ACL_ERROR_RT_CONTEXT_NULL = 107002
-ACL_ERROR_RT_STREAM_CONTEXT = 107003
-ACL_ERROR_RT_MODEL_CONTEXT = 107004
-ACL_ERROR_RT_INVALID_HANDLE = 107017
-ACL_ERROR_RT_MEMORY_ALLOCATION = 207001
-ACL_ERROR_RT_RESOURCE_ALLOC_FAIL = 207005
-ACL_ERROR_RT_NO_STREAM_RESOURCE = 207008
-ACL_ERROR_RT_MODEL_EXECUTE = 507011
-ACL_ERROR_RT_DEV_SETUP_ERROR = 507033
-ACL_ERROR_RT_STREAM_SYNC_TIMEOUT = 507046
-ACL_ERROR_RT_COPY_DATA = 507052
-ACL_ERROR_GE_LOAD_MODEL = 545001
-
-# what an injected failure returns, by call (realistic codes for that call)
-INJECTED_CODES = {
-    "init": ACL_ERROR_FAILURE,
-    "rt.set_device": ACL_ERROR_RT_DEV_SETUP_ERROR,
-    "rt.create_context": ACL_ERROR_RT_RESOURCE_ALLOC_FAIL,
-    "rt.create_stream": ACL_ERROR_RT_NO_STREAM_RESOURCE,
-    "rt.malloc": ACL_ERROR_RT_MEMORY_ALLOCATION,
-    "rt.malloc_host": ACL_ERROR_RT_MEMORY_ALLOCATION,
-    "rt.memcpy": ACL_ERROR_RT_COPY_DATA,
-    "rt.synchronize_stream": ACL_ERROR_RT_STREAM_SYNC_TIMEOUT,
-    "mdl.load_from_file": ACL_ERROR_GE_LOAD_MODEL,
-    "mdl.execute": ACL_ERROR_RT_MODEL_EXECUTE,
-    "mdl.execute_async": ACL_ERROR_RT_MODEL_EXECUTE,
-    "mdl.set_dynamic_batch_size": ACL_ERROR_INVALID_PARAM,
-}
-
-# enums
-ACL_FLOAT, ACL_FLOAT16, ACL_INT8, ACL_INT32, ACL_UINT8, ACL_INT64 = 0, 1, 2, 3, 4, 9
-ACL_FORMAT_NCHW, ACL_FORMAT_NHWC, ACL_FORMAT_ND = 0, 1, 2
-ACL_MEMCPY_HOST_TO_HOST, ACL_MEMCPY_HOST_TO_DEVICE = 0, 1
-ACL_MEMCPY_DEVICE_TO_HOST, ACL_MEMCPY_DEVICE_TO_DEVICE = 2, 3
-ACL_DEVICE, ACL_HOST = 0, 1  # run modes
-
-NP_OF_ACL = {
-    ACL_FLOAT: np.dtype(np.float32),
-    ACL_FLOAT16: np.dtype(np.float16),
-    ACL_INT8: np.dtype(np.int8),
-    ACL_INT32: np.dtype(np.int32),
-    ACL_UINT8: np.dtype(np.uint8),
-    ACL_INT64: np.dtype(np.int64),
-}
-ACL_OF_NP = {v: k for k, v in NP_OF_ACL.items()}
-GARBAGE = 0xCD  # fresh device memory is not zeroed on a real NPU either
+from ._codes import (
+    ACL_ERROR_INTERNAL_ERROR,
+    ACL_ERROR_RT_CONTEXT_NULL,
+    ACL_ERROR_UNINITIALIZE,
+    ACL_SUCCESS,
+    INJECTED_CODES,
+)
 
 
 class Fail(Exception):
@@ -119,6 +60,7 @@ class DevMem:
     ptr: int
     device: int
     data: bytearray
+    dvpp: bool = False  # from acl.media.dvpp_malloc (freed with dvpp_free), not rt.malloc
 
 
 @dataclass
@@ -147,6 +89,7 @@ class Model:
     batch: int  # static batch (0 for dynamic-batch models)
     gears: list[int]
     dyn_index: int  # index of ascend_mbatch_shape_data, or -1
+    aipp: Any = None  # acl._aipp.Aipp: static AIPP on input 0 (sidecar "aipp"), or None
 
 
 @dataclass
@@ -245,6 +188,11 @@ class State:
             self.descs: dict[int, Desc] = {}
             self.datasets: dict[int, Dataset] = {}
             self.buffers: dict[int, DataBuffer] = {}
+            # acl.media (DVPP): the record types live in acl._dvpp
+            self.channel_descs: dict[int, Any] = {}
+            self.pic_descs: dict[int, Any] = {}
+            self.roi_configs: dict[int, Any] = {}
+            self.resize_configs: dict[int, Any] = {}
             self.log: collections.deque[Call] = collections.deque(maxlen=20000)
             self.counts: collections.Counter[tuple[str, int | None]] = collections.Counter()
             self.misuse: list[dict[str, Any]] = []
@@ -331,12 +279,18 @@ class State:
                 "devices": sum(self.device_refs.values()),
                 "contexts": sum(1 for c in self.contexts.values() if not c.default),
                 "streams": len(self.streams),
-                "device_memory": len(self.dev_mem),
+                "device_memory": sum(1 for m in self.dev_mem.values() if not m.dvpp),
+                "dvpp_memory": sum(1 for m in self.dev_mem.values() if m.dvpp),
                 "host_memory": len(self.host_mem),
                 "models": len(self.models),
                 "descs": len(self.descs),
                 "datasets": len(self.datasets),
                 "data_buffers": len(self.buffers),
+                "dvpp_channel_descs": len(self.channel_descs),
+                "dvpp_channels": sum(1 for c in self.channel_descs.values() if c.created),
+                "dvpp_pic_descs": len(self.pic_descs),
+                "dvpp_roi_configs": len(self.roi_configs),
+                "dvpp_resize_configs": len(self.resize_configs),
             }
 
     def report(self) -> dict[str, Any]:
@@ -400,16 +354,21 @@ def device_count() -> int:
     return int(os.environ.get("ACL_FAKE_DEVICES", "8"))
 
 
-def api(name: str, kind: str = "ret", empty: Any = None, device_arg: bool = False) -> Callable:
+def api(name: str, kind: str = "ret", empty: Any = None, device_arg: bool = False, inject: bool = True) -> Callable:
     """Wrap one fake API function: log it, count it, inject failures, turn :class:`Fail` into the
     return shape pyACL uses. ``kind``: ``ret`` (returns a code), ``pair`` ((value, code)),
-    ``handle`` (a handle, 0 on failure) or ``value`` (a plain value, ``empty`` on failure)."""
+    ``tuple`` ((v1, v2, ..., code); ``empty`` gives the values on failure), ``handle`` (a handle, 0
+    on failure) or ``value`` (a plain value, ``empty`` on failure).
+    ``inject=False``: the function itself calls :meth:`State.injected_code` once per call (for an
+    injected failure that is not an immediate return code, e.g. a JPEGD rejection at run time)."""
 
     def shape(code: int) -> Any:
         if kind == "ret":
             return code
         if kind == "pair":
             return (empty() if callable(empty) else empty, code)
+        if kind == "tuple":
+            return (*(empty() if callable(empty) else empty), code)
         if kind == "handle":
             return 0
         return empty() if callable(empty) else empty
@@ -423,7 +382,7 @@ def api(name: str, kind: str = "ret", empty: Any = None, device_arg: bool = Fals
                 else:
                     ctx = STATE.current
                     device = ctx.device if ctx is not None else None
-                code = STATE.injected_code(name, device)
+                code = STATE.injected_code(name, device) if inject else None
                 if code is not None:
                     STATE.log.append(Call("acl." + name, device, code, injected=True))
                     return shape(code)
@@ -436,8 +395,8 @@ def api(name: str, kind: str = "ret", empty: Any = None, device_arg: bool = Fals
                     return shape(exc.code)
                 if kind == "ret":
                     ret: int | None = result
-                elif kind == "pair":
-                    ret = result[1]
+                elif kind in ("pair", "tuple"):
+                    ret = result[-1]
                 elif kind == "handle":
                     ret = ACL_SUCCESS if result else None
                 else:

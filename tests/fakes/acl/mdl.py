@@ -1,45 +1,42 @@
 """``acl.mdl``: models, descriptions, datasets, execution. An ``.om`` here is an ONNX file run by
-onnxruntime. A fixed ONNX batch dim makes a static-batch model; a symbolic one needs a sidecar
-``<model>.om.json`` such as ``{"dynamic_batch": [1, 2, 4, 8]}`` (the ATC ``--dynamic_batch_size``
-gears), and then the model gets the extra ``ascend_mbatch_shape_data`` input ATC appends.
-Optional sidecar key: ``"input_format": "NCHW" | "NHWC" | "ND"``.
+onnxruntime (``acl._model_file``). A fixed ONNX batch dim makes a static-batch model; a symbolic one
+needs a sidecar ``<model>.om.json`` such as ``{"dynamic_batch": [1, 2, 4, 8]}`` (the ATC
+``--dynamic_batch_size`` gears), and then the model gets the extra ``ascend_mbatch_shape_data`` input
+ATC appends. Optional sidecar keys: ``"input_format": "NCHW" | "NHWC" | "ND"``, and ``"aipp"``: a
+static AIPP table with ATC ``aipp.cfg`` keys (``acl._aipp``) that makes input 0 uint8 YUV420SP
+(NV12) of the model's size, converted (CSC, normalisation) before the ONNX graph runs; AIPP is
+emulated with numpy, not hardware figures. ``get_aipp_type``/``get_first_aipp_info``/
+``get_input_dims_v2`` describe it.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from ._state import (
+from . import _aipp
+from ._codes import (
+    ACL_ERROR_GE_AIPP_NOT_EXIST,
     ACL_ERROR_INVALID_MODEL_ID,
     ACL_ERROR_INVALID_PARAM,
     ACL_ERROR_MODEL_INPUT_NOT_MATCH,
     ACL_ERROR_MODEL_NOT_DYNAMIC,
     ACL_ERROR_MODEL_OUTPUT_NOT_MATCH,
-    ACL_ERROR_PARSE_MODEL,
-    ACL_ERROR_READ_MODEL_FAILURE,
     ACL_ERROR_RT_INVALID_HANDLE,
     ACL_ERROR_RT_MODEL_CONTEXT,
     ACL_ERROR_RT_MODEL_EXECUTE,
     ACL_ERROR_RT_PARAM_INVALID,
     ACL_ERROR_RT_STREAM_CONTEXT,
-    ACL_FLOAT,
-    ACL_FLOAT16,
-    ACL_FORMAT_NCHW,
-    ACL_FORMAT_ND,
-    ACL_FORMAT_NHWC,
-    ACL_INT8,
-    ACL_INT32,
-    ACL_INT64,
     ACL_SUCCESS,
-    ACL_UINT8,
-    HANDLE_BASE,
     NP_OF_ACL,
+)
+from ._model_file import DYNAMIC_BATCH_INPUT
+from ._model_file import load as _load
+from ._state import (
+    HANDLE_BASE,
     STATE,
     DataBuffer,
     Dataset,
@@ -51,17 +48,6 @@ from ._state import (
     api,
 )
 
-DYNAMIC_BATCH_INPUT = "ascend_mbatch_shape_data"
-_ORT_TYPES = {
-    "tensor(float)": ACL_FLOAT,
-    "tensor(float16)": ACL_FLOAT16,
-    "tensor(int8)": ACL_INT8,
-    "tensor(uint8)": ACL_UINT8,
-    "tensor(int32)": ACL_INT32,
-    "tensor(int64)": ACL_INT64,
-}
-_FORMATS = {"NCHW": ACL_FORMAT_NCHW, "NHWC": ACL_FORMAT_NHWC, "ND": ACL_FORMAT_ND}
-
 __all__ = [
     "add_dataset_buffer",
     "create_dataset",
@@ -70,12 +56,15 @@ __all__ = [
     "destroy_desc",
     "execute",
     "execute_async",
+    "get_aipp_type",
     "get_dataset_buffer",
     "get_dataset_num_buffers",
     "get_desc",
     "get_dynamic_batch",
+    "get_first_aipp_info",
     "get_input_data_type",
     "get_input_dims",
+    "get_input_dims_v2",
     "get_input_format",
     "get_input_index_by_name",
     "get_input_name_by_index",
@@ -91,74 +80,6 @@ __all__ = [
     "set_dynamic_batch_size",
     "unload",
 ]
-
-
-# --- loading -------------------------------------------------------------------------------
-def _guess_format(dims: list[int]) -> int:
-    if len(dims) == 4 and dims[1] in (1, 3):
-        return ACL_FORMAT_NCHW
-    if len(dims) == 4 and dims[3] in (1, 3):
-        return ACL_FORMAT_NHWC
-    return ACL_FORMAT_ND
-
-
-def _tensor(name: str, shape: list[Any], ort_type: str, batch: int, dynamic: bool, fmt: int | None) -> Tensor:
-    if ort_type not in _ORT_TYPES:
-        raise Fail(ACL_ERROR_PARSE_MODEL, f"tensor {name}: unsupported type {ort_type}")
-    rest = shape[1:]
-    if not shape or not all(isinstance(d, int) and d > 0 for d in rest):
-        raise Fail(ACL_ERROR_PARSE_MODEL, f"tensor {name}: only the batch dim may be symbolic, got {shape}")
-    dtype = _ORT_TYPES[ort_type]
-    dims = [-1 if dynamic else batch, *rest]
-    size = batch * math.prod(rest) * NP_OF_ACL[dtype].itemsize
-    return Tensor(name, dims, dtype, fmt if fmt is not None else _guess_format([batch, *rest]), size)
-
-
-def _load(path: str, device: int) -> Model:
-    if not os.path.isfile(path):
-        raise Fail(ACL_ERROR_READ_MODEL_FAILURE, f"cannot read model file {path}")
-    sidecar: dict[str, Any] = {}
-    if os.path.isfile(path + ".json"):
-        with open(path + ".json", encoding="utf-8") as f:
-            sidecar = json.load(f)
-    try:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(os.environ.get("ACL_FAKE_THREADS", "1"))
-        opts.inter_op_num_threads = 1
-        session = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise Fail(ACL_ERROR_PARSE_MODEL, f"not a loadable model: {exc}") from None
-    ort_in = session.get_inputs()
-    first = ort_in[0].shape[0]
-    gears = sorted(int(g) for g in sidecar.get("dynamic_batch", []))
-    if gears and (isinstance(first, int) and first > 0):
-        raise Fail(ACL_ERROR_PARSE_MODEL, "dynamic_batch gears given for a model with a fixed batch dim")
-    if not gears and not (isinstance(first, int) and first > 0):
-        raise Fail(ACL_ERROR_PARSE_MODEL, f"batch dim is {first!r}: give gears in {os.path.basename(path)}.json")
-    dynamic = bool(gears)
-    batch = gears[-1] if dynamic else int(first)
-    fmt = _FORMATS.get(sidecar.get("input_format", ""))
-    inputs = [_tensor(i.name, list(i.shape), i.type, batch, dynamic, fmt) for i in ort_in]
-    outputs = [
-        _tensor(o.name, [batch, *list(o.shape)[1:]], o.type, batch, False, ACL_FORMAT_ND) for o in session.get_outputs()
-    ]
-    dyn_index = -1
-    if dynamic:
-        dyn_index = len(inputs)
-        inputs.append(Tensor(DYNAMIC_BATCH_INPUT, [1], ACL_INT64, ACL_FORMAT_ND, 8))
-    return Model(
-        next(STATE.model_ids),
-        device,
-        path,
-        session,
-        inputs,
-        outputs,
-        0 if dynamic else batch,
-        gears,
-        dyn_index,
-    )
 
 
 @api("mdl.load_from_file", "pair", empty=0)
@@ -260,6 +181,17 @@ def get_input_dims(model_desc: int, index: int) -> tuple[dict[str, Any], int]:
     return _dims(_tensor_at(_described(model_desc).inputs, index)), ACL_SUCCESS
 
 
+@api("mdl.get_input_dims_v2", "pair", empty=_no_dims)
+def get_input_dims_v2(model_desc: int, index: int) -> tuple[dict[str, Any], int]:
+    """As get_input_dims, except an AIPP input: ``[n, h * 1.5, w, 1]`` for YUV420SP (the product of
+    the dims is then get_input_size_by_index)."""
+    model = _described(model_desc)
+    d = _dims(_tensor_at(model.inputs, index))
+    if index == 0 and model.aipp is not None:
+        d["dims"] = _aipp.dims_v2(model.aipp, d["dims"])
+    return d, ACL_SUCCESS
+
+
 @api("mdl.get_output_dims", "pair", empty=_no_dims)
 def get_output_dims(model_desc: int, index: int) -> tuple[dict[str, Any], int]:
     return _dims(_tensor_at(_described(model_desc).outputs, index)), ACL_SUCCESS
@@ -307,6 +239,28 @@ def get_input_index_by_name(model_desc: int, name: str) -> tuple[int, int]:
 def get_dynamic_batch(model_desc: int) -> tuple[dict[str, Any], int]:
     gears = _described(model_desc).gears
     return {"batchCount": len(gears), "batch": list(gears)}, ACL_SUCCESS
+
+
+@api("mdl.get_aipp_type", "tuple", empty=(_aipp.ACL_DATA_WITHOUT_AIPP, 0))
+def get_aipp_type(model_id: int, index: int) -> tuple[int, int, int]:
+    """``(aipp_type, dynamic_attached_data_index, ret)``: ACL_DATA_WITH_STATIC_AIPP (1) for an AIPP
+    input, else ACL_DATA_WITHOUT_AIPP (0); the index is ACL_INVALID_NODE_INDEX (no dynamic AIPP)."""
+    model = _model(model_id)
+    _tensor_at(model.inputs, index)
+    kind = _aipp.ACL_DATA_WITH_STATIC_AIPP if index == 0 and model.aipp else _aipp.ACL_DATA_WITHOUT_AIPP
+    return kind, _aipp.ACL_INVALID_NODE_INDEX, ACL_SUCCESS
+
+
+@api("mdl.get_first_aipp_info", "pair", empty=None)
+def get_first_aipp_info(model_id: int, index: int) -> tuple[dict[str, Any] | None, int]:
+    """``(aipp_info, ret)``: the static AIPP configuration of input ``index``; ``(None, 145015)``
+    (ACL_ERROR_GE_AIPP_NOT_EXIST) for an input without one."""
+    model = _model(model_id)
+    tensor = _tensor_at(model.inputs, index)
+    if index != 0 or model.aipp is None:
+        raise Fail(ACL_ERROR_GE_AIPP_NOT_EXIST, f"input {index} has no static AIPP", misuse=False)
+    batch = model.gears[-1] if model.gears else model.batch
+    return _aipp.info(model.aipp, tensor, batch), ACL_SUCCESS
 
 
 # --- datasets ------------------------------------------------------------------------------
@@ -417,6 +371,10 @@ def _prepare(model_id: int, dataset_in: int, dataset_out: int) -> Callable[[], N
             shape = [batch, *t.dims[1:]]
             nbytes = math.prod(shape) * dtype.itemsize
             mem, off, _ = in_mem[i]
+            if i == 0 and model.aipp is not None:
+                raw = bytes(mem.data[off : off + batch * model.aipp.frame_bytes()])
+                feeds[model.aipp.name] = _aipp.to_model_input(model.aipp, raw, batch)
+                continue
             feeds[t.name] = np.frombuffer(bytes(mem.data[off : off + nbytes]), dtype=dtype).reshape(shape)
         STATE.executions.append((model.device, batch))
         try:

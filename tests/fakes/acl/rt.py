@@ -1,11 +1,16 @@
 """``acl.rt``: devices, contexts, streams, memory. Device memory is real bytes (one bytearray per
-pointer); host memory is real process memory, so copies really move data."""
+pointer); host memory is real process memory, so copies really move data. DVPP memory
+(``acl.media.dvpp_malloc``) is device memory too: ``memcpy`` and model execution take it, but only
+``acl.media.dvpp_free`` frees it (``free`` on it is misuse). Work queued on a stream (``mdl.execute_async``,
+JPEGD, VPC) runs at ``synchronize_stream``, in order."""
 
 from __future__ import annotations
 
 import ctypes
+import os
+import time
 
-from ._state import (
+from ._codes import (
     ACL_ERROR_INVALID_PARAM,
     ACL_ERROR_RT_CONTEXT_NULL,
     ACL_ERROR_RT_INVALID_DEVICEID,
@@ -19,6 +24,8 @@ from ._state import (
     ACL_MEMCPY_HOST_TO_HOST,
     ACL_SUCCESS,
     GARBAGE,
+)
+from ._state import (
     HANDLE_BASE,
     STATE,
     Context,
@@ -89,6 +96,12 @@ def reset_device(device_id: int) -> int:
     if refs == 0:
         raise Fail(ACL_ERROR_RT_INVALID_DEVICEID, f"device {device_id} was not set in this process")
     if refs == 1:
+        default = STATE.default_ctx[device_id]
+        held = [f"{c.handle:#x}" for c in STATE.channel_descs.values() if c.created and c.ctx == default]
+        if held:
+            raise Fail(
+                ACL_ERROR_RT_PARAM_INVALID, f"DVPP channel(s) {', '.join(held)} still live: dvpp_destroy_channel first"
+            )
         del STATE.device_refs[device_id]
         handle = STATE.default_ctx.pop(device_id)
         STATE.contexts.pop(handle, None)
@@ -118,6 +131,7 @@ def destroy_context(context: int) -> int:
     if ctx is None or ctx.default:
         raise Fail(ACL_ERROR_RT_INVALID_HANDLE, f"context {context!r} is not a live context made by create_context")
     held = [f"stream {s.handle:#x}" for s in STATE.streams.values() if s.ctx == ctx.handle]
+    held += [f"DVPP channel {c.handle:#x}" for c in STATE.channel_descs.values() if c.created and c.ctx == ctx.handle]
     if held:
         raise Fail(ACL_ERROR_RT_PARAM_INVALID, f"context still holds {', '.join(held)}: destroy them first")
     del STATE.contexts[context]
@@ -170,9 +184,18 @@ def synchronize_stream(stream: int) -> int:
     if s.ctx != ctx.handle:
         raise Fail(ACL_ERROR_RT_STREAM_CONTEXT, "stream belongs to another context than the current one")
     pending, s.pending = s.pending, []
+    delay = float(os.environ.get("ACL_FAKE_SYNC_DELAY", "0") or 0)  # device time per sync (tests that race it)
+    if delay and pending:
+        time.sleep(delay)
+    code = ACL_SUCCESS
     for task in pending:
-        task()  # a task raising Fail makes synchronize_stream return its code
-    return ACL_SUCCESS
+        # a task raising Fail (misuse found at run time) makes synchronize_stream return its code at
+        # once; a task returning a non-zero code (a DVPP task that failed on its data) is reported
+        # after the remaining tasks have run
+        failed = task()
+        if failed and code == ACL_SUCCESS:
+            code = failed
+    return code
 
 
 @api("rt.malloc", "pair", empty=0)
@@ -192,6 +215,8 @@ def free(dev_ptr: int) -> int:
     STATE.require_context()
     if dev_ptr not in STATE.dev_mem:
         raise Fail(ACL_ERROR_RT_PARAM_INVALID, f"{dev_ptr!r} is not a live device allocation")
+    if STATE.dev_mem[dev_ptr].dvpp:
+        raise Fail(ACL_ERROR_RT_PARAM_INVALID, f"{dev_ptr:#x} is DVPP memory: free it with acl.media.dvpp_free")
     referenced = [b for b in STATE.buffers.values() if b.ptr == dev_ptr]
     if referenced:  # allowed by ACL, but a dangling data buffer is the classic leak/use-after-free
         STATE.misuse.append({"call": "acl.rt.free", "code": 0, "why": "memory still referenced by a data buffer"})
