@@ -69,6 +69,9 @@ def run(
         float | None,
         typer.Option(help="Exit 6 if more than this fraction of images failed (overrides job.max_error_fraction)."),
     ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Check everything `validate` checks, with these options; run nothing.")
+    ] = False,
 ) -> None:
     """Run a job, or resume it where it stopped."""
     from .runner.supervisor import install_early_drain
@@ -93,6 +96,11 @@ def run(
             m = parse_manifest(raw, m.source.parent, m.source)
         if output is not None:
             m = m.with_output(output.resolve())
+        if dry_run:
+            from .cli_validate import describe
+
+            typer.echo(describe(m))
+            return
         bar = not no_progress and sys.stdout.isatty() and sys.stderr.isatty()
         report = run_job(
             m,
@@ -123,76 +131,6 @@ def _print_report(report: Any) -> None:
     if st.errors:
         kinds = ", ".join(f"{k} ({n})" for k, n in st.top_errors(5))
         typer.echo(f"most common errors: {kinds}")
-
-
-@app.command()
-def validate(manifest: Annotated[Path, typer.Argument(help="The TOML manifest to check.")]) -> None:
-    """Check a manifest; exit 0 if it is good, 2 with every problem named by its key."""
-    from .manifest import load_manifest
-    from .models.resolve import resolve_model
-
-    try:
-        m = load_manifest(manifest)
-        spec = resolve_model(m.model, m.runtime.backend, build=False)
-    except Exception as exc:
-        fail(exc)
-    typer.echo(
-        f"ok: job {m.job.name!r} -> {m.job.output}; {len(m.dataset.paths)} dataset path(s); model {spec.name} "
-        f"({spec.format}, {spec.preprocess.size}px {spec.preprocess.layout} {spec.preprocess.dtype}); "
-        f"{m.runtime.backend} on {', '.join(str(d) for d in m.runtime.devices)}"
-    )
-
-
-@app.command()
-def status(
-    out: Annotated[Path, typer.Argument(help="A job's output directory.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-) -> None:
-    """Progress of a job from its output directory alone (during or after a run, any shell)."""
-    from .runner.summary import job_status, summary_dict
-
-    try:
-        st = job_status(out)
-    except Exception as exc:
-        fail(exc)
-    if as_json:
-        data = summary_dict(st)
-        data["images_per_second_recent"] = st.recent_rate
-        data["eta_seconds"] = st.eta_seconds
-        typer.echo(json.dumps(data, indent=2))
-        return
-    state = "complete" if st.complete else "in progress or stopped"
-    typer.echo(f"job {st.name!r} in {st.out}: {state}")
-    typer.echo(f"units:  {st.units_done}/{st.n_units} committed")
-    typer.echo(f"images: {st.images}/{st.n_items} ({st.ok} ok, {st.errors} error)")
-    if st.recent_rate:
-        eta = st.eta_seconds
-        typer.echo(
-            f"rate:   {st.recent_rate:.1f} img/s (latest commits)"
-            + (f", eta {eta:.0f} s" if eta and not st.complete else "")
-        )
-    if st.errors:
-        typer.echo("errors: " + ", ".join(f"{k} ({n})" for k, n in st.top_errors(5)))
-
-
-@app.command()
-def evaluate(
-    out: Annotated[Path, typer.Argument(help="A job's output directory.")],
-    labels: Annotated[Path, typer.Option(help="CSV with columns file,index (file = image_id or its file name).")],
-) -> None:
-    """Top-1 / top-5 accuracy against a labels CSV; also written to OUT/_evaluation.json."""
-    from .evaluate import evaluate as run_eval
-    from .evaluate import write_evaluation
-
-    try:
-        acc = run_eval(out, labels)
-        path = write_evaluation(out, acc, labels)
-    except Exception as exc:
-        fail(exc)
-    typer.echo(
-        f"top-1 {acc.top1:.4f}  top-5 {acc.top5:.4f}  ({acc.matched} labelled images with results, "
-        f"{acc.ok} classified, {acc.missing} without results) -> {path}"
-    )
 
 
 @app.command()
@@ -325,8 +263,11 @@ def version() -> None:
 
 
 def _register_subcommands() -> None:
+    from . import cli_results, cli_validate
     from .slurm_cli import slurm_app
 
+    cli_validate.register(app)
+    cli_results.register(app)
     app.add_typer(slurm_app, name="slurm")
 
 
