@@ -18,6 +18,8 @@ Exit codes (documented in the README):
 8     the environment failed: the output is not a writable directory (a file, read-only, permission
       denied), the disk or quota is full, or memory ran out; the message names the path and the
       cause; nothing committed is lost and a rerun resumes once it is fixed
+9     ``report --fail-on-drift X``: the class mix drifted from a baseline night by a Jensen-Shannon
+      divergence (base 2, 0..1) above X; the report is written all the same
 130   interrupted (Ctrl-C / SIGTERM / Slurm preemption): resumable, rerun to continue
 ====  ===========================================================================
 """
@@ -34,6 +36,7 @@ EXIT_TOO_MANY_ERRORS = 6
 EXIT_INCOMPLETE = 7
 EXIT_ENVIRONMENT = 8
 EXIT_INTERRUPTED = 130
+EXIT_DRIFT = 9
 
 
 class AscendBatchError(Exception):
@@ -115,3 +118,21 @@ class ImageError(Exception):
         self.kind = kind
         self.message = message
         super().__init__(f"{kind}: {message}")
+
+
+class DriftError(AscendBatchError):
+    """``report --fail-on-drift``: tonight's class mix is further from a baseline night than allowed."""
+
+    exit_code = EXIT_DRIFT
+
+
+class MissingExtraError(AscendBatchError):
+    """An optional extra is not installed; the message names the ``pip install`` that adds it."""
+
+    exit_code = EXIT_USAGE
+
+
+class MissingMainGuard(AscendBatchError):
+    """A script calls ``ascend_batch.run()`` outside ``if __name__ == "__main__":``."""
+
+    exit_code = EXIT_USAGE

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from .slurm.options import DEFAULT_FINALIZE_TIME, DEFAULT_SIGNAL_TIME
 
-slurm_app = typer.Typer(help="Submit a job to Slurm as an array plus a dependent finalize job.", no_args_is_help=True)
+slurm_app = typer.Typer(
+    help="Submit a job to Slurm as an array plus a dependent finalize job.",
+    no_args_is_help=True,
+    rich_markup_mode=None,  # as the main command: plain help, flags shown as flags
+)
 
 
 @slurm_app.command()
 def submit(
-    manifest: Annotated[Path, typer.Argument(help="The job's TOML manifest.")],
+    manifest: Annotated[Path, typer.Argument(help="The job's TOML manifest.", metavar="MANIFEST")],
     array: Annotated[
         int,
         typer.Option(
@@ -60,7 +64,10 @@ def submit(
         ),
     ] = False,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Print the scripts and commands; submit nothing, write nothing.")
+        bool,
+        typer.Option(
+            "--dry-run", help="Print the scripts and commands (as JSON with --json); submit nothing, write nothing."
+        ),
     ] = False,
     wait: Annotated[
         bool,
@@ -68,7 +75,14 @@ def submit(
             "--wait", help="Block until the finalize job ends; exit 0 only if the output is complete (_SUCCESS)."
         ),
     ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the job ids as JSON.")] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print the job ids (with --dry-run: the scripts and commands) as JSON on stdout; "
+            "other messages go to stderr.",
+        ),
+    ] = False,
 ) -> None:
     """Write OUT/_slurm/array.sbatch + finalize.sbatch and submit them: K array tasks, then a finalize job
     (afterok) that checks every unit is committed and writes _summary.json and _SUCCESS."""
@@ -93,11 +107,20 @@ def submit(
         files = JobFiles(out=out, manifest=(m.source or manifest).resolve())
         tasks = missing_tasks(out, array) if only_missing else None
         if tasks == ():
-            typer.echo(
+            message = (
                 f"nothing to submit: every unit in {out} is committed (run `ascend-batch finalize {out}` "
                 "if _SUCCESS is missing)"
             )
+            if as_json:
+                typer.echo(message, err=True)
+                typer.echo(json.dumps({"submitted": False, "tasks": [], "output": str(out), "reason": message}))
+            else:
+                typer.echo(message)
             return
+        check_output(out)
+        units, warnings = check_array(m, out, array)
+        for warning in warnings:
+            typer.echo(f"warning: {warning}", err=True)
         opts = SlurmOptions(
             shards=array,
             job_name=job_name or m.job.name,
@@ -114,10 +137,33 @@ def submit(
             extra=tuple(extra or ()),
             finalize_extra=tuple(finalize_extra or ()),
             tasks=tasks,
+            report_baselines=_report_baselines(m),
         )
         if dry_run:
             array_text = render_array_script(files, opts)
             finalize_text = render_finalize_script(files, opts)
+            if as_json:
+                typer.echo(
+                    json.dumps(
+                        {
+                            "dry_run": True,
+                            "output": str(out),
+                            "array": array,
+                            "tasks": list(tasks if tasks is not None else range(array)),
+                            "units": units,
+                            "warnings": warnings,
+                            "scripts": {
+                                "array": {"path": str(files.array_script), "text": array_text},
+                                "finalize": {"path": str(files.finalize_script), "text": finalize_text},
+                            },
+                            "commands": [list(cmd) for cmd in sbatch_commands(files)],
+                            "workdir": str(files.dir),
+                            "logs": str(files.logs),
+                        },
+                        indent=2,
+                    )
+                )
+                return
             typer.echo(f"# ---- {files.array_script} ----\n{array_text}")
             typer.echo(f"# ---- {files.finalize_script} ----\n{finalize_text}")
             typer.echo("# ---- would run (from " + str(files.dir) + ") ----")
@@ -128,7 +174,7 @@ def submit(
     except Exception as exc:
         fail(exc)
     if as_json:
-        typer.echo(json.dumps(sub.as_dict()))
+        typer.echo(json.dumps({**sub.as_dict(), "units": units, "warnings": warnings}))
     else:
         shown = f"tasks {','.join(map(str, sub.tasks))} of {array}" if tasks is not None else f"{array} tasks"
         typer.echo(
@@ -150,4 +196,59 @@ def submit(
                 )
         except Exception as exc:
             fail(exc)
-        typer.echo(f"complete: {out / SUCCESS_FILE}")
+        typer.echo(f"complete: {out / SUCCESS_FILE}", err=as_json)
+
+
+def unit_count(m: Any, out: Path) -> int:
+    """The job's number of units: from ``OUT/_job.json`` when the job was started, else counted from a
+    listing of the dataset (as the first array task will list it; nothing is written)."""
+    from .incremental import skip_existing
+    from .plan import make_units
+    from .runner.jobdir import read_job
+    from .sources import list_items
+
+    meta = read_job(out) if out.is_dir() else None
+    if meta is not None:
+        return int(meta["n_units"])
+    items = skip_existing(list_items(m.dataset), m.dataset.skip_existing, own=out)
+    return len(make_units(sum(1 for _ in items), m.runtime.unit_size))
+
+
+def check_output(out: Path) -> None:
+    """Refuse an output that can never be a directory (a file in the way), as ``run`` would (exit 8),
+    before anything is submitted: with ``--dry-run`` too."""
+    from .errors import EnvironmentFailure
+
+    nearest = out
+    while not nearest.exists() and nearest != nearest.parent:
+        nearest = nearest.parent
+    if not nearest.is_dir():
+        raise EnvironmentFailure(
+            f"cannot write the job's output: {nearest}: a file is in the way (job.output must be a directory) "
+            f"(job.output = {out})"
+        )
+
+
+def check_array(m: Any, out: Path, array: int) -> tuple[int, list[str]]:
+    """The job's unit count, and warnings about an array that does not fit it."""
+    units = unit_count(m, out)
+    warnings = []
+    if units == 0:
+        warnings.append(f"the job has no images (0 units in {out}): every array task will have nothing to do")
+    elif array > units:
+        idle = f"task {units}" if array - units == 1 else f"tasks {units}..{array - 1}"
+        warnings.append(
+            f"--array {array} asks for more tasks than the job has units ({units}; runtime.unit_size is "
+            f"{m.runtime.unit_size}): {idle} will have nothing to do; use --array {units} or a smaller "
+            "runtime.unit_size"
+        )
+    return units, warnings
+
+
+def _report_baselines(m: Any) -> tuple[str, ...] | None:
+    """``job.report``: the earlier nights of an incremental series (``dataset.skip_existing``), else None."""
+    if not m.job.report:
+        return None
+    from .incremental import earlier_dirs
+
+    return tuple(str(d) for d in earlier_dirs(m.dataset.skip_existing, own=m.job.output))

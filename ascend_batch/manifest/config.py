@@ -26,6 +26,7 @@ class JobConfig:
     name: str
     output: Path
     max_error_fraction: float | None = None  # exceeded -> exit code 6
+    report: bool = False  # write OUT/_report.html + .json at the end of the job (ascend-batch report)
 
 
 @dataclass(frozen=True)

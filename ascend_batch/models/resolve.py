@@ -35,7 +35,9 @@ def _preprocess(cfg: ModelConfig, default: Preprocess) -> Preprocess:
 
 
 def resolve_model(cfg: ModelConfig, backend: str, *, build: bool = True) -> ModelSpec:
-    """The model a job runs. ``build=False`` skips converting the default model (used by ``validate``)."""
+    """The model a job runs. The default model under onnxruntime is converted to ONNX once and cached
+    (:func:`.efficientnet_lite0.ensure_onnx`; ``ASCEND_BATCH_CACHE``). ``build=False`` skips that
+    conversion and writes nothing (``validate``): ``path`` is then the weights, the identity is the same."""
     if cfg.path is None:
         return _builtin(cfg, backend, build)
     labels = _labels(cfg, None)

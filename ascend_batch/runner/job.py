@@ -14,6 +14,9 @@ from typing import Any
 
 from ..errors import (
     EXIT_ENVIRONMENT,
+    EXIT_INCOMPLETE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
     DeviceFailure,
     EnvironmentFailure,
     IncompleteError,
@@ -22,7 +25,7 @@ from ..errors import (
 from ..manifest import Manifest
 from ..models.resolve import resolve_model
 from ..plan import shard_units
-from .finalize import Finalized, finalize
+from .finalize import Finalized, finalize, record_run, run_id_epoch, run_record, set_outcome
 from .jobdir import prepare, refuse_foreign
 from .lock import JobLock
 from .messages import WorkerConfig
@@ -206,34 +209,52 @@ def _run_locked(
         if not todo:
             supervisor.stop_workers()
         progress.close()
-    run = {
-        "run_id": run_id,
-        "shard": list(shard) if shard else None,
-        "wall_seconds": round(outcome.wall, 3),
-        "images": outcome.images,
-        "images_per_second": round(outcome.images / outcome.wall, 2) if outcome.wall > 0 else None,
-        "per_device_images": outcome.per_device,
-        "stage_seconds": {k: round(v, 3) for k, v in outcome.seconds.items()},
-        "decoded_on": outcome.decoded,
-        "worker_deaths": outcome.worker_deaths,
-        "threads_per_inference": threads,
-        "inference_streams_per_worker": streams,
-        "decode_threads_per_worker": decode,
-        "batch_size": rt.batch_size,
-        "backend": rt.backend,
-        "devices": [str(d) for d in rt.devices],
-        "damaged_parts_redone": sorted(damaged),
-    }
+    ended = time.time()
+    run = run_record(
+        run_id,
+        run_id_epoch(run_id) or ended - outcome.wall,
+        ended,
+        shard=list(shard) if shard else None,
+        units_todo=len(todo),
+        wall_seconds=round(outcome.wall, 3),
+        images=outcome.images,
+        ok=outcome.ok,
+        errors=outcome.errors,
+        images_per_second=round(outcome.images / outcome.wall, 2) if outcome.wall > 0 else None,
+        per_device_images=outcome.per_device,
+        stage_seconds={k: round(v, 3) for k, v in outcome.seconds.items()},
+        decoded_on=outcome.decoded,
+        worker_deaths=outcome.worker_deaths,
+        threads_per_inference=threads,
+        inference_streams_per_worker=streams,
+        decode_threads_per_worker=decode,
+        batch_size=rt.batch_size,
+        backend=rt.backend,
+        devices=[str(d) for d in rt.devices],
+        damaged_parts_redone=sorted(damaged),
+    )
     threshold = max_error_fraction if max_error_fraction is not None else manifest.job.max_error_fraction
     fin: Finalized | None = None
     verdict = outcome.verdict
+    if verdict is not None:
+        set_outcome(run, verdict.exit_code, verdict.message)
+    elif outcome.interrupted:
+        set_outcome(run, EXIT_INTERRUPTED, f"interrupted by {outcome.interrupted}")
+    missing = False
     try:
         if shard is None:
-            fin = finalize(out, run, max_error_fraction=threshold)
+            fin = finalize(out, run, max_error_fraction=threshold)  # records this run, gathers every run's
+        else:
+            missing = any(u.index not in committed_units(out) for u in mine)
+            if "exit_code" not in run:
+                set_outcome(run, EXIT_INCOMPLETE if missing else EXIT_OK)
+            record_run(out, run)  # the finalize job gathers the shards' records
     except OSError:
         if verdict is None or verdict.exit_code != EXIT_ENVIRONMENT:
             raise  # the same full disk that stopped the job may refuse the summary: the verdict says why
     st = fin.status if fin is not None else job_status(out)
+    if fin is not None and st.complete and manifest.job.report:
+        night_report(manifest, out, progress)
     report = RunReport(out, st, outcome, run_id, shard, summary=run, finalized=fin)
     error: Exception | None = None
     if verdict is not None:
@@ -252,9 +273,24 @@ def _run_locked(
             fin.raise_for_status()
         except Exception as exc:
             error = exc
-    elif fin is None and any(u.index not in committed_units(out) for u in mine):
+    elif fin is None and missing:
         error = IncompleteError(f"shard {shard}: units are missing after the run; rerun it")
     if error is not None:
         error.report = report  # type: ignore[attr-defined]
         raise error
     return report
+
+
+def night_report(manifest: Manifest, out: Path, progress: Progress) -> None:
+    """``job.report``: the night's page, against the earlier nights of an incremental series
+    (``dataset.skip_existing``). A report that cannot be written is a warning: the results stand."""
+    try:
+        from ..incremental import earlier_dirs
+        from ..report.build import build_report, write_report
+        from .outdir import REPORT_HTML, REPORT_JSON
+
+        baselines = earlier_dirs(manifest.dataset.skip_existing, own=out)
+        write_report(build_report(out, baselines), out / REPORT_HTML, out / REPORT_JSON)
+        progress.log(f"report: {out / REPORT_HTML} ({len(baselines)} earlier night(s) compared)")
+    except Exception as exc:  # the job's results and exit code do not depend on its page
+        progress.log(f"warning: job.report: the report was not written: {type(exc).__name__}: {exc}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .. import __version__
@@ -32,6 +32,8 @@ def read_job(out: Path) -> dict | None:
         meta = json.loads((out / JOB_FILE).read_text("utf-8"))
     except FileNotFoundError:
         return None
+    except NotADirectoryError:
+        raise IncompatibleOutputError(f"{out} is a file, not an ascend-batch output directory") from None
     except (OSError, ValueError) as exc:
         raise IncompatibleOutputError(f"{out / JOB_FILE} is unreadable ({exc}); rerun with --restart") from None
     if not isinstance(meta, dict) or "n_units" not in meta or "n_items" not in meta:
@@ -39,9 +41,10 @@ def read_job(out: Path) -> dict | None:
     return meta
 
 
-def _identity(manifest: Manifest, model: ModelSpec) -> dict:
+def job_identity(manifest: Manifest, model: ModelSpec) -> dict:
     return {
         "fingerprint": manifest.fingerprint(),
+        "tables": result_tables(manifest),  # what the fingerprint hashes: says which key changed (exit 4)
         "model": model.name,
         "model_identity": model.identity,
         "preprocess": model.preprocess.__dict__
@@ -50,20 +53,88 @@ def _identity(manifest: Manifest, model: ModelSpec) -> dict:
     }
 
 
-def _check(out: Path, meta: dict, want: dict) -> None:
-    names = {
-        "fingerprint": "the manifest's [dataset]/[model] tables",
-        "model_identity": "the model file",
-        "preprocess": "the preprocessing",
-        "unit_size": "runtime.unit_size",
-    }
-    diffs = [f"{names[k]} ({meta.get(k)!r} there, {want[k]!r} now)" for k in names if meta.get(k) != want[k]]
-    if diffs:
-        raise IncompatibleOutputError(
-            f"{out} holds results of a different job: "
-            + "; ".join(diffs)
-            + ". Use another job.output, or rerun with --restart to discard those results."
+def result_tables(manifest: Manifest) -> dict:
+    """The resolved ``[dataset]`` and ``[model]`` tables as :meth:`Manifest.fingerprint` hashes them, as
+    JSON values. Recorded in ``_job.json`` (``tables``; outputs written before lack it) only to name the
+    keys that changed when a rerun is refused; the refusal itself compares the fingerprint."""
+    dataset = {k: v for k, v in asdict(manifest.dataset).items() if k not in ("paths", "skip_existing")}
+    model = {k: v for k, v in asdict(manifest.model).items() if not (k == "aipp" and v is None)}
+    return json.loads(json.dumps({"dataset": dataset, "model": model}, default=str))
+
+
+_COMPARED = ("fingerprint", "model_identity", "preprocess", "unit_size")  # what makes it another job
+_KEY_NAMES = {"dataset.resolved": "dataset.paths"}  # as the manifest spells them
+_PREPROCESS_KEYS = {"size": "model.input_size"}  # the model key each preprocessing value comes from, if any
+_UNSET = object()
+
+
+def _show(value: object) -> str:
+    if value is _UNSET or value is None:
+        return "(not set)"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+def _key_changes(old: dict, new: dict, prefix: str) -> list[tuple[str, str]]:
+    """(key, 'old → new') for every key whose value differs."""
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        before, after = old.get(key, _UNSET), new.get(key, _UNSET)
+        if before != after:
+            name = f"{prefix}.{key}"
+            changes.append((_KEY_NAMES.get(name, name), f"{_show(before)} → {_show(after)}"))
+    return changes
+
+
+def _differences(meta: dict, want: dict) -> list[str]:
+    """What differs between the job recorded in ``meta`` and the one wanted now, key by key."""
+    lines: list[str] = []
+    named: set[str] = set()
+    if meta.get("fingerprint") != want["fingerprint"]:
+        old_tables = meta.get("tables")
+        changes = []
+        if isinstance(old_tables, dict):
+            for table in ("dataset", "model"):
+                changes += _key_changes(old_tables.get(table) or {}, want["tables"][table], table)
+        if changes:
+            lines += [f"{key}: {change}" for key, change in changes]
+            named.update(key for key, _ in changes)
+        else:  # an output written before the tables were recorded: only the fingerprints are known
+            lines.append(
+                f"the manifest's [dataset]/[model] tables: fingerprint {meta.get('fingerprint')} → "
+                f"{want['fingerprint']} (this output does not record the tables, so the keys cannot be named)"
+            )
+    if meta.get("model_identity") != want["model_identity"]:
+        lines.append(
+            f"the model file ({want.get('model')}): content {_show(meta.get('model_identity'))} → "
+            f"{want['model_identity']}"
         )
+    if meta.get("preprocess") != want["preprocess"]:
+        old = meta.get("preprocess") if isinstance(meta.get("preprocess"), dict) else {}
+        for key, change in _key_changes(old or {}, want["preprocess"], "preprocessing"):
+            field = key.split(".", 1)[1]
+            if _PREPROCESS_KEYS.get(field, f"model.{field}") not in named:  # not said already
+                lines.append(f"the model's {key}: {change}")
+    if meta.get("unit_size") != want["unit_size"]:
+        lines.append(f"runtime.unit_size: {_show(meta.get('unit_size'))} → {want['unit_size']}")
+    return lines
+
+
+def check_same_job(out: Path, meta: dict, want: dict) -> None:
+    """Refuse to resume ``out`` when its job differs from ``want`` (:func:`job_identity`): a different
+    manifest fingerprint, model file, preprocessing or unit size; the message names each changed key."""
+    if all(meta.get(k) == want[k] for k in _COMPARED):
+        return
+    lines = _differences(meta, want) or [f"{k}: {meta.get(k)} → {want[k]}" for k in _COMPARED]
+    created = f", created {meta['created']}" if meta.get("created") else ""
+    raise IncompatibleOutputError(
+        f"{out} holds results of a different job{created}; changed since:\n"
+        + "\n".join(f"  {line}" for line in lines)
+        + "\nUse another job.output, or rerun with --restart to discard those results."
+    )
 
 
 def refuse_foreign(out: Path) -> None:
@@ -81,7 +152,7 @@ def refuse_foreign(out: Path) -> None:
 def prepare(manifest: Manifest, model: ModelSpec, out: Path) -> JobInfo:
     """Create or reopen the job in ``out``; refuse an incompatible one. Call under the job lock."""
     out.mkdir(parents=True, exist_ok=True)
-    want = _identity(manifest, model)
+    want = job_identity(manifest, model)
     meta = read_job(out)
     if meta is None:
         refuse_foreign(out)
@@ -109,7 +180,7 @@ def prepare(manifest: Manifest, model: ModelSpec, out: Path) -> JobInfo:
         if write_text(out / JOB_FILE, json.dumps(meta, indent=2), exclusive=True):
             return JobInfo(out, snapshot, meta)
         meta = read_job(out) or {}  # another shard created it first: verify below
-    _check(out, meta, want)
+    check_same_job(out, meta, want)
     listing = out / LISTING_FILE
     if not listing.exists():
         raise IncompatibleOutputError(f"{listing} is missing; the results cannot be resumed: rerun with --restart")

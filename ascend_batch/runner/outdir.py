@@ -9,6 +9,7 @@ reads results only)::
     _commits/part-000042.json  what was committed: rows, bytes, sha256 (a resume checks it cheaply)
     _damaged/                  parts that failed verification, moved aside for inspection
     _pieces/                   pieces of a unit being bisected (merged into its part, then removed)
+    _runs/<run_id>.json        one record per run or resume: its figures and outcome (never rewritten by others)
     _job.json _listing.parquet _summary.json _SUCCESS _evaluation.json .lock* .tmp-*
 """
 
@@ -38,17 +39,19 @@ SUMMARY_FILE = "_summary.json"
 SUCCESS_FILE = "_SUCCESS"
 LISTING_FILE = "_listing.parquet"
 EVALUATION_FILE = "_evaluation.json"
+REPORT_HTML, REPORT_JSON = "_report.html", "_report.json"  # ascend-batch report
 PIECES_DIR = "_pieces"
 COMMITS_DIR = "_commits"
 DAMAGED_DIR = "_damaged"
+RUNS_DIR = "_runs"  # one record per run or resume (its figures and outcome), gathered into _summary.json
 SLURM_DIR = "_slurm"  # the Slurm scripts and logs of the job (kept by --restart: an array may be running)
 LOCK_PREFIX = ".lock"
 PART_RE = re.compile(r"^part-(\d+)\.parquet$")
 STALE_FOREIGN_TEMP_SECONDS = 24 * 3600  # temp files of other hosts: removed once this old
 
 # what this tool writes at the top of an output directory (besides parts and temp files)
-OWN_FILES = (JOB_FILE, SUMMARY_FILE, SUCCESS_FILE, LISTING_FILE, EVALUATION_FILE)
-OWN_DIRS = (PIECES_DIR, COMMITS_DIR, DAMAGED_DIR)
+OWN_FILES = (JOB_FILE, SUMMARY_FILE, SUCCESS_FILE, LISTING_FILE, EVALUATION_FILE, REPORT_HTML, REPORT_JSON)
+OWN_DIRS = (PIECES_DIR, COMMITS_DIR, DAMAGED_DIR, RUNS_DIR)
 
 
 def part_name(unit: int) -> str:

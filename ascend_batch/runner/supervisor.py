@@ -25,8 +25,9 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from ..backends.base import Device
-from ..errors import StartupError
+from ..errors import MissingMainGuard, StartupError
 from ..plan import Unit
+from .main_guard import MAIN_GUARD_EXIT, exit_if_bootstrapping, main_guard_message
 from .messages import Message, Progress, Ready, StartupFailed, Task, TaskDone, TaskFailed, WorkerConfig
 from .outdir import merge_pieces, write_crash_row
 from .progress import Progress as ProgressDisplay
@@ -137,6 +138,7 @@ class Supervisor:
         """Spawn one worker per device now: they import and load their models while the caller
         is still listing the dataset."""
         if not self.started:
+            exit_if_bootstrapping()  # a job started by a script that a worker is importing: see MAIN_GUARD_EXIT
             self.started = True
             for d in self.devices:
                 self._start(d)
@@ -258,6 +260,8 @@ class Supervisor:
             while w.conn.poll():  # messages it sent before dying still count
                 self._handle(w, w.conn.recv())
         w.process.join(timeout=5)
+        if w.process.exitcode == MAIN_GUARD_EXIT and w.status is WorkerStatus.STARTING:
+            raise MissingMainGuard(main_guard_message())  # every worker would do the same: stop the job
         self.workers.remove(w)
         w.conn.close()
         reason = f"worker on {w.device} {death_message(w.process.exitcode)}"

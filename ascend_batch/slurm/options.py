@@ -52,6 +52,8 @@ class SlurmOptions:
     extra: tuple[str, ...] = ()
     finalize_extra: tuple[str, ...] = ()
     tasks: tuple[int, ...] | None = None
+    # job.report: the finalize job then writes the night's report, against these earlier nights
+    report_baselines: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)

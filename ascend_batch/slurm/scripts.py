@@ -141,7 +141,19 @@ def render_finalize_script(files: JobFiles, opts: SlurmOptions) -> str:
         f"OUT={q(str(files.out))}",
         'cd "$OUT" || exit 1',
         "echo \"ascend-batch: finalize $OUT on $(hostname), $(date '+%Y-%m-%d %H:%M:%S')\"",
-        'exec "$PYTHON" -m ascend_batch finalize "$OUT"',
+    ]
+    if opts.report_baselines is None:
+        lines += ['exec "$PYTHON" -m ascend_batch finalize "$OUT"', ""]
+        return "\n".join(lines)
+    baselines = "".join(f" --baseline {q(b)}" for b in opts.report_baselines)
+    lines += [
+        '"$PYTHON" -m ascend_batch finalize "$OUT"',
+        "rc=$?",
+        "# job.report: the night's page (a report that cannot be written does not change the exit code)",
+        'if [ "$rc" -eq 0 ] || [ "$rc" -eq 6 ]; then',
+        f'    "$PYTHON" -m ascend_batch report "$OUT"{baselines} || echo "ascend-batch: warning: no report" >&2',
+        "fi",
+        'exit "$rc"',
         "",
     ]
     return "\n".join(lines)
