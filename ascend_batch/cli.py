@@ -18,6 +18,7 @@ import typer
 
 from . import __version__, errors
 from .cli_errors import explain, fail
+from .cli_output import print_report, run_json, stdout_to_stderr
 from .errors import EXIT_OK
 
 
@@ -219,7 +220,7 @@ def run(
                 typer.echo(describe(m, restart=restart, shard=shard_k))
             return
         if as_json:
-            json_stream = _stdout_to_stderr()
+            json_stream = stdout_to_stderr()
         bar = not no_progress and sys.stdout.isatty() and sys.stderr.isatty()
         report = run_job(
             m,
@@ -232,87 +233,14 @@ def run(
     except Exception as exc:
         done = getattr(exc, "report", None)  # a run that ended with a documented non-zero code
         if done is not None:
-            _print_report(done, err=as_json)
+            print_report(done, err=as_json)
         if as_json:
             code, lines = explain(exc)
             typer.echo(json.dumps(run_json(done, out, code, "\n".join(lines))), file=json_stream)
         fail(exc)
-    _print_report(report, err=as_json)
+    print_report(report, err=as_json)
     if as_json:
         typer.echo(json.dumps(run_json(report, report.out, EXIT_OK, None)), file=json_stream)
-
-
-def _stdout_to_stderr() -> Any:
-    """Send everything written to stdout from now on (by this process, its workers, native libraries)
-    to stderr; return a stream on the real stdout, for ``run --json``'s report alone."""
-    import os
-
-    sys.stdout.flush()
-    real = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    return real
-
-
-def run_json(report: Any, out: Path | None, exit_code: int, error: str | None) -> dict:
-    """``run --json``: the final report, the same keys whether the run succeeded, failed or never started
-    (then the counts are null)."""
-    from .runner.outdir import SUCCESS_FILE
-
-    data: dict[str, Any] = {
-        "exit_code": exit_code,
-        "error": error,
-        "output": str(out) if out is not None else None,
-        "shard": None,
-        "run_id": None,
-        "success": None,
-        "images_this_run": None,
-        "images_per_second": None,
-        "wall_seconds": None,
-        "n_items": None,
-        "n_units": None,
-        "units_done": None,
-        "images": None,
-        "ok": None,
-        "errors": None,
-        "top_errors": None,
-    }
-    if report is None:
-        return data
-    st = report.status
-    summary = report.summary
-    data.update(
-        output=str(report.out),
-        shard=list(report.shard) if report.shard else None,
-        run_id=report.run_id,
-        success=(Path(report.out) / SUCCESS_FILE).exists(),
-        images_this_run=report.outcome.images,
-        images_per_second=summary.get("images_per_second"),
-        wall_seconds=summary.get("wall_seconds"),
-        n_items=st.n_items,
-        n_units=st.n_units,
-        units_done=st.units_done,
-        images=st.images,
-        ok=st.ok,
-        errors=st.errors,
-        top_errors=dict(st.top_errors(5)),
-    )
-    return data
-
-
-def _print_report(report: Any, *, err: bool = False) -> None:
-    st = report.status
-    scope = f"shard {report.shard[0]}/{report.shard[1]}" if report.shard else "job"
-    typer.echo(
-        f"{scope} done: {report.outcome.images} images this run; output {st.out}: "
-        f"{st.images}/{st.n_items} images ({st.ok} ok, {st.errors} failed), units {st.units_done}/{st.n_units}",
-        err=err,
-    )
-    rate = report.summary.get("images_per_second")
-    if rate:
-        typer.echo(f"throughput: {rate} img/s over {report.summary['wall_seconds']} s", err=err)
-    if st.errors:
-        kinds = ", ".join(f"{k} ({n})" for k, n in st.top_errors(5))
-        typer.echo(f"most common errors: {kinds}", err=err)
 
 
 @app.command(epilog=EXAMPLES["demo"])
@@ -370,103 +298,6 @@ def finalize(
     )
 
 
-@app.command(epilog=EXAMPLES["bench"])
-def bench(
-    images: Annotated[
-        Path, typer.Argument(exists=True, help="A folder (or archive, list file) of images.", metavar="IMAGES")
-    ],
-    backend: Annotated[str, typer.Option(help="onnxruntime | acl | torch")] = "onnxruntime",
-    devices: Annotated[str, typer.Option(help="Devices for the runner, comma separated.")] = "cpu:0",
-    batch_size: Annotated[int | None, typer.Option(min=1, help="Default: the runner's (runtime.batch_size).")] = None,
-    repeats: Annotated[int, typer.Option(min=1, help="Repeats; medians are reported.")] = 3,
-    model_path: Annotated[
-        Path | None, typer.Option(exists=True, help="A model file instead of the default model.")
-    ] = None,
-    arch: Annotated[
-        str | None, typer.Option(help="torch: architecture of a state-dict --model-path (model.arch), e.g. resnet50.")
-    ] = None,
-    unit_size: Annotated[int | None, typer.Option(min=1, help="Default: the runner's (runtime.unit_size).")] = None,
-    limit: Annotated[int | None, typer.Option(min=1, help="Use only the first N images.")] = None,
-    scaling: Annotated[
-        str | None, typer.Option(help="Also measure the runner with these CPU worker counts, e.g. '1,2'.")
-    ] = None,
-    json_out: Annotated[Path, typer.Option("--json", help="Where to write the figures.")] = Path("bench.json"),
-    png_out: Annotated[Path, typer.Option("--png", help="Bar chart (needs matplotlib).")] = Path("bench.png"),
-    no_chart: Annotated[bool, typer.Option("--no-chart", help="Skip the bar chart.")] = False,
-) -> None:
-    """Seed-style loop vs batched script vs inference ceiling vs the runner, same images and model."""
-    from .bench import format_report, run_bench, run_scaling, write_chart
-    from .pyarrow_lean import skip_pandas_check
-
-    skip_pandas_check()  # as `run` does: the runner's start is timed as a user's run would see it
-    if arch and not model_path:
-        raise typer.BadParameter("needs --model-path (the weights file)", param_hint="--arch")
-    model = {"path": str(model_path.resolve())} if model_path else None
-    if model is not None and arch:
-        model["arch"] = arch
-    counts = _counts(scaling) if scaling else None
-    _check_writable(json_out, "--json")  # before minutes of measurements, not after
-    _check_writable(png_out, "--png")
-    try:
-        report = run_bench(
-            images.resolve(),
-            backend=backend,
-            devices=[d.strip() for d in devices.split(",")],
-            batch_size=batch_size,
-            repeats=repeats,
-            model=model,
-            unit_size=unit_size,
-            limit=limit,
-            log=lambda s: typer.echo(s, err=True),
-        )
-        if counts:
-            report["scaling"] = run_scaling(
-                images.resolve(),
-                counts,
-                backend=backend,
-                batch_size=batch_size,
-                repeats=repeats,
-                model=model,
-                unit_size=unit_size,
-                log=lambda s: typer.echo(s, err=True),
-            )
-    except Exception as exc:
-        fail(exc)
-    json_out.write_text(json.dumps(report, indent=2))
-    typer.echo(format_report(report))
-    if "scaling" in report:
-        sc = report["scaling"]
-        typer.echo(
-            "scaling: "
-            + ", ".join(f"{k} worker(s) {v} img/s (x{sc['speedup'][k]})" for k, v in sc["img_per_s"].items())
-        )
-    typer.echo(f"wrote {json_out}")
-    if not no_chart:
-        if write_chart(report, png_out):
-            typer.echo(f"wrote {png_out}")
-        else:
-            typer.echo("no chart: pip install matplotlib (or '.[bench]')", err=True)
-
-
-def _check_writable(path: Path, hint: str) -> None:
-    """Refuse an output file that cannot be written: a folder, or in a folder that does not exist."""
-    if path.is_dir():
-        raise typer.BadParameter(f"{path} is a folder; give a file name", param_hint=hint)
-    if not path.parent.is_dir():
-        what = "is a file" if path.parent.exists() else "does not exist"
-        raise typer.BadParameter(f"{path}: the folder {path.parent} {what}", param_hint=hint)
-
-
-def _counts(text: str) -> list[int]:
-    try:
-        counts = [int(x) for x in text.split(",")]
-    except ValueError:
-        raise typer.BadParameter(f"expected worker counts like 1,2,4, got {text!r}", param_hint="--scaling") from None
-    if any(c < 1 for c in counts):
-        raise typer.BadParameter(f"worker counts must be at least 1, got {text!r}", param_hint="--scaling")
-    return counts
-
-
 @app.command(epilog=EXAMPLES["version"])
 def version() -> None:
     """Print the version."""
@@ -474,9 +305,10 @@ def version() -> None:
 
 
 def _register_subcommands() -> None:
-    from . import cli_report, cli_results, cli_validate
+    from . import cli_bench, cli_report, cli_results, cli_validate
     from .slurm_cli import slurm_app
 
+    cli_bench.register(app)
     cli_validate.register(app)
     cli_results.register(app)
     cli_report.register(app)
