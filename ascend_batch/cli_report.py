@@ -45,7 +45,8 @@ def report(
     from .report import HTML_FILE, JSON_FILE, build_report, check_drift, write_report
 
     try:
-        rep = build_report(out, baseline or [], thumbnails=thumbnails)
+        baselines = baseline if baseline is not None else series_baselines(out)
+        rep = build_report(out, baselines, thumbnails=thumbnails)
         html_path = html or out / HTML_FILE
         json_path = json_file or out / JSON_FILE
         data = write_report(rep, html_path, json_path)
@@ -69,3 +70,21 @@ def report(
         check_drift(rep, fail_on_drift)
     except Exception as exc:
         fail(exc)
+
+
+def series_baselines(out: Path) -> list[Path]:
+    """Without ``--baseline``: the earlier nights of an incremental series, i.e. the ``dataset.skip_existing``
+    outputs of the manifest recorded in ``OUT/_job.json`` (none when it records none, or cannot be read)."""
+    from .incremental import earlier_dirs
+    from .manifest import load_manifest
+    from .runner.jobdir import read_job
+
+    meta = read_job(out) or {}
+    source = meta.get("manifest")
+    if not source or not Path(source).is_file():
+        return []
+    try:
+        manifest = load_manifest(source)
+        return earlier_dirs(manifest.dataset.skip_existing, own=out)
+    except Exception:  # a manifest edited or moved since: report without a baseline, as for a first night
+        return []

@@ -57,3 +57,21 @@ def test_slurm_finalize_job_writes_the_report(tmp_path: Path) -> None:
     plain = tiny_manifest(tmp_path / "p", tmp_path / "imgs")
     r = cli("slurm", "submit", plain, "--array", "1", "--dry-run", "--json")
     assert "ascend_batch report" not in json.loads(r.stdout)["scripts"]["finalize"]["text"]
+
+
+def test_report_command_compares_with_the_series_by_itself(tmp_path: Path) -> None:
+    make_images(tmp_path / "night1", 6, seed=5)
+    m1 = tiny_manifest(tmp_path, tmp_path / "night1", output="out1")
+    assert cli("run", m1, "--no-progress").returncode == 0
+    make_images(tmp_path / "night2", 4, seed=6, prefix="new")
+    body = (tmp_path / "job.toml").read_text().replace('output = "out1"', 'output = "out2"')
+    body = body.replace(f'paths = ["{tmp_path / "night1"}"]', f'paths = ["{tmp_path / "night2"}"]')
+    body = body.replace("[dataset]\n", '[dataset]\nskip_existing = ["out1"]\n')
+    (tmp_path / "job2.toml").write_text(body)
+    assert cli("run", tmp_path / "job2.toml", "--no-progress").returncode == 0
+    r = cli("report", tmp_path / "out2", "--json")
+    assert r.returncode == 0, r.stderr
+    drift = json.loads(r.stdout)["drift"]
+    assert len(drift) == 1 and drift[0]["baseline"].endswith("out1")
+    none = cli("report", tmp_path / "out1", "--json")  # the first night: nothing to compare with
+    assert json.loads(none.stdout)["drift"] == []
