@@ -372,3 +372,32 @@ def test_next_run_cleans_temp_files_of_killed_writers_only(tmp_path: Path) -> No
     assert run(m).returncode == EXIT_OK
     assert [p.name for p in leftovers if p.exists()] == []
     assert live.exists()
+
+
+# -- the input side of an unlucky night: a dropped mount is not the images' fault ---------------------
+
+
+@pytest.mark.parametrize("code", ["ESTALE", "ENOTCONN", "EMFILE"])
+def test_a_dropped_input_mount_is_not_an_error_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: str) -> None:
+    import builtins
+    import errno as errno_mod
+
+    from ascend_batch.runner.messages import Cause
+    from ascend_batch.runner.worker import failure_cause
+    from ascend_batch.sources import ItemReader, list_source
+
+    make_images(tmp_path / "imgs", 1, seed=15)
+    (item,) = list(list_source(str(tmp_path / "imgs"), tmp_path / "imgs", (".jpg",)))
+    real_open = builtins.open
+
+    def failing_open(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if str(path) == item.path:
+            err = getattr(errno_mod, code)
+            raise OSError(err, os.strerror(err), str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", failing_open)
+    with ItemReader() as reader, pytest.raises(OSError) as info:
+        reader.read(item)  # raised, not turned into an ImageError (an error row)
+    cause, message = failure_cause(info.value)
+    assert cause is Cause.ENVIRONMENT and item.path in message

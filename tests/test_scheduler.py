@@ -133,9 +133,17 @@ def test_runtime_error_on_every_batch_stops_the_job_without_rows() -> None:
     s = Scheduler(make_units(1000, 100), ["cpu:0"], max_retries=2)
     played = play(s, lambda t, d: ("raise", Cause.RUNTIME, "device lost"))
     assert s.verdict is not None and s.verdict.exit_code == EXIT_STARTUP
-    assert "both halves of unit 0 failed the same way" in s.verdict.message
+    assert "12 tasks in a row failed on cpu:0" in s.verdict.message  # max_retries + 10, over several units
     assert not played.crash_rows and not played.merged
-    assert len(played.tasks) == 3 + 2  # the unit's tries, then its two halves: nothing deeper
+    assert len(played.tasks) == 2 + 10
+    assert len({t.unit.index for _, t in played.tasks}) > 1  # a probe of another unit spoke before the verdict
+
+
+def test_runtime_error_in_a_one_unit_job_stops_at_its_halves() -> None:
+    s = Scheduler(make_units(100, 100), ["cpu:0"], max_retries=2)
+    played = play(s, lambda t, d: ("raise", Cause.RUNTIME, "device lost"))
+    assert s.verdict is not None and "both halves of unit 0 failed the same way" in s.verdict.message
+    assert not played.crash_rows and len(played.tasks) == 3 + 2
 
 
 def test_worker_dying_on_every_batch_stops_the_job_without_rows() -> None:
@@ -144,7 +152,39 @@ def test_worker_dying_on_every_batch_stops_the_job_without_rows() -> None:
     assert s.verdict is not None and s.verdict.exit_code == EXIT_STARTUP
     assert "tasks in a row failed on cpu:0" in s.verdict.message
     assert not played.crash_rows and played.given_up == ["cpu:0"]
-    assert len(played.tasks) == 2 + 5
+    assert len(played.tasks) == 2 + 10
+
+
+def test_a_cluster_of_bad_images_never_gives_the_device_up() -> None:
+    # three crashing images close together in one unit: every halving fails for a while
+    s = Scheduler(make_units(32, 32), ["cpu:0"], max_retries=2)
+    played = play(s, poison(0, 8, 16))
+    every_unit_done(s, played, 1)
+    assert sorted(played.crash_rows) == [0, 8, 16]
+    # the same cluster after the device proved itself on earlier units
+    s = Scheduler(make_units(320, 32), ["cpu:0"], max_retries=2)
+    played = play(s, poison(96, 104, 112))
+    every_unit_done(s, played, 10)
+    assert sorted(played.crash_rows) == [96, 104, 112]
+
+
+def test_bad_images_in_every_unit_are_each_isolated() -> None:
+    s = Scheduler(make_units(64, 32), ["cpu:0"], max_retries=1)
+    played = play(s, poison(0, 17, 31, 40))
+    every_unit_done(s, played, 2)
+    assert sorted(played.crash_rows) == [0, 17, 31, 40]
+
+
+def test_two_images_raising_in_both_halves_are_each_isolated() -> None:
+    def raising(task: Task, device: str) -> tuple:
+        if any(task.start <= p < task.stop for p in (10, 60)):
+            return ("raise", Cause.RUNTIME, "bad input tensor")
+        return OK
+
+    s = Scheduler(make_units(300, 100), ["cpu:0"], max_retries=1)
+    played = play(s, raising)
+    every_unit_done(s, played, 3)
+    assert sorted(played.crash_rows) == [10, 60]
 
 
 def test_tiny_units_are_never_blamed_without_evidence() -> None:

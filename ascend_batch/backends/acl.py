@@ -32,6 +32,7 @@ once per process), :mod:`.acl_model` (the model's inputs and outputs, checked ag
 from __future__ import annotations
 
 import functools
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -221,14 +222,22 @@ class AclSession(SessionBase):
             return self._guarded(n, lambda: self.copy_in(self._in_ptr, self._in_size, data))
 
     def device_decoder(self, max_pixels: int, max_batch: int) -> DvppDecoder | None:
-        """The DVPP decode stage (AIPP models only), made once and released with the session."""
+        """The DVPP decode stage (AIPP models only), made once and released with the session; None (CPU
+        decode from then on) where DVPP cannot be set up on this device."""
         if not self.features.device_decode or self._closed:
             return None
         with self._lock:
             if self._decoder is None:
                 self.use_context()
-                pp = self.model.preprocess
-                decoder = DvppDecoder(self, pp, min(max_batch, self.max_batch), max_pixels)
+                try:
+                    decoder = DvppDecoder(self, self.model.preprocess, min(max_batch, self.max_batch), max_pixels)
+                except BackendError as exc:
+                    print(
+                        f"ascend-batch worker {self.device}: no DVPP decode, decoding on the CPU: {exc}",
+                        file=sys.stderr,
+                    )
+                    self.features = SessionFeatures(device_decode=False)
+                    return None
                 self._push("the DVPP decoder", decoder.close_checked)
                 self._decoder = decoder
         return self._decoder

@@ -286,6 +286,7 @@ class DvppDecoder:
         inputs JPEGD refused (each picture description's return code says so)."""
         media, s = self.acl.media, self.session
         rois: list[int] = []
+        submitted = False
         try:
             for k, i in enumerate(device):
                 info = infos[i]
@@ -314,12 +315,19 @@ class DvppDecoder:
                     media.dvpp_vpc_crop_async(self.channel, slot.jpeg_desc, slot.vpc_desc, roi, self.stream),
                 )
             synced = self.acl.rt.synchronize_stream(self.stream)
+            submitted = True
         finally:
+            if rois and not submitted:  # failed half-way: let the queued tasks finish before freeing what they read
+                self.acl.rt.synchronize_stream(self.stream)
             for roi in rois:  # read by the asynchronous calls: destroyed only now
                 media.dvpp_destroy_roi_config(roi)
         refused = {i for k, i in enumerate(device) if media.dvpp_get_pic_desc_ret_code(self._slots[k].jpeg_desc) != 0}
-        if synced != 0 and not refused:  # a failed DVPP task fails the sync; only a picture's failure is expected
-            s.check("acl.rt.synchronize_stream", synced)
+        if synced != 0:
+            if not refused:  # a failed task that no picture owns: the device's fault, not the images'
+                s.check("acl.rt.synchronize_stream", synced)
+            # after a failed task the stream may have skipped the ones queued behind it: no row of this batch
+            # can be trusted, so the CPU decodes them all
+            return set(device)
         return refused
 
     def _describe(self, desc: int, ptr: int, size: int, w: int, h: int, ws: int, hs: int) -> None:

@@ -21,13 +21,14 @@ from ..errors import (
     EnvironmentFailure,
     IncompleteError,
     InterruptedRun,
+    LockedError,
 )
 from ..manifest import Manifest
 from ..models.resolve import resolve_model
 from ..plan import shard_units
 from .finalize import Finalized, finalize, record_run, run_id_epoch, run_record, set_outcome
 from .jobdir import prepare, refuse_foreign
-from .lock import JobLock
+from .lock import JobLock, held_locks
 from .messages import WorkerConfig
 from .outdir import (
     LISTING_FILE,
@@ -127,11 +128,24 @@ def run_job(
             refuse_foreign(out)  # before the lock file is created: a foreign folder stays untouched
         out.mkdir(parents=True, exist_ok=True)
         with JobLock(out, shard):
+            _refuse_overlap(out, shard)
             return _run_locked(
                 manifest, model, out, restart_job, shard, progress_bar, log_interval, drain_timeout, max_error_fraction
             )
     except OSError as exc:
         raise environment_error(exc, out) from exc
+
+
+def _refuse_overlap(out: Path, shard: tuple[int, int] | None) -> None:
+    """A whole-job run and shard runs of one job must not overlap (they would clear each other's pieces)."""
+    others = [h for h in held_locks(out) if (h.shard is None) != (shard is None)]
+    if others:
+        h = others[0]
+        what = f"shard {h.shard[0]}/{h.shard[1]}" if h.shard else "a whole-job run"
+        raise LockedError(
+            f"{what} of this job is running in {out} (pid {h.pid} on host {h.host}); "
+            f"{'a whole-job run' if shard is None else 'a shard run'} would overlap it: wait for it to finish"
+        )
 
 
 def _run_locked(

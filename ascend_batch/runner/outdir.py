@@ -169,9 +169,9 @@ def clear_pieces(out: Path, units: list[Unit]) -> None:
     """Drop leftover pieces of uncommitted units (a bisection interrupted by a crash restarts)."""
     pieces = out / PIECES_DIR
     if pieces.exists():
-        wanted = {f"u{u.index:06d}-" for u in units}
+        wanted = {f"u{u.index:06d}" for u in units}
         for p in pieces.iterdir():
-            if p.name[:8] in wanted:
+            if p.name.split("-", 1)[0] in wanted:  # u<unit>-<start>-<stop>.parquet, any number of digits
                 p.unlink(missing_ok=True)
 
 

@@ -7,15 +7,18 @@ The rules:
 * A task that fails (its worker raised, or died after its model was up) is retried up to
   ``max_retries`` times, then bisected; halves of a unit run before their own halves (breadth
   first), so a failing piece's sibling always speaks before anything deeper runs.
+* While a unit fails and nothing says the device works (no piece of that unit, no task on that
+  device has succeeded in this run), another whole unit is moved to the front as a probe: its
+  success proves the device, its failure says the device fails whatever it is given.
 * A single image that still fails is blamed (a ``crash``/``runtime`` error row) only with evidence
-  that the device works: another piece of its unit succeeded, or the device completed a task in
-  this run. Without evidence it is tried again later, after other work.
+  that the device works. Without evidence it is tried again after other work; when nothing else is
+  left, the job stops rather than blame it.
 * Not the images' fault, so the job stops (:class:`Verdict`) and nothing is blamed:
-  - an environmental failure (memory, the output's disk) at once;
-  - both halves of a split failing with the same runtime error while nothing of their unit succeeded;
-  - a device failing ``max_retries + 5`` tasks in a row: it is given up; when no device is left the
-    job stops. A poison image costs at most ``max_retries + 2`` failures in a row before a sibling
-    piece succeeds, so this never fires on one.
+  - an environmental failure (memory, the output's disk, a dropped input mount) at once;
+  - a device failing ``max_retries + 10`` tasks in a row that span more than one unit: it is given up;
+    when no device is left the job stops. A cluster of bad images stays inside its unit, so it never
+    gives a device up;
+  - both halves of a split failing with the same runtime error when there is no other unit to probe.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from ..errors import EXIT_ENVIRONMENT, EXIT_STARTUP
 from ..plan import Unit
 from .messages import Cause, Task
 
-DEVICE_STREAK_MARGIN = 5
+DEVICE_STREAK_MARGIN = 10
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,8 @@ class Scheduler:
         self._unit_ok: set[int] = set()  # units of which some piece succeeded
         self._proven: set[str] = set()  # devices that completed a task in this run
         self._streak: collections.Counter[str] = collections.Counter()  # failures in a row, per device
+        self._streak_units: collections.defaultdict[str, set[int]] = collections.defaultdict(set)  # ... in units
+        self._deferred: set[tuple[int, int, int]] = set()  # single images waiting for evidence
 
     # -- queue -------------------------------------------------------------------------------
     def take(self) -> Task | None:
@@ -97,6 +102,7 @@ class Scheduler:
     # -- outcomes ----------------------------------------------------------------------------
     def done(self, task: Task, device: str) -> list[Action]:
         self._streak[device] = 0
+        self._streak_units[device].clear()
         self._proven.add(device)
         if not task.piece:
             return [Committed(task.unit)]
@@ -117,32 +123,56 @@ class Scheduler:
     # -- internals ---------------------------------------------------------------------------
     def _charge(self, task: Task, device: str, reason: str, *, runtime: bool) -> list[Action]:
         self._streak[device] += 1
+        self._streak_units[device].add(task.unit.index)
         task = dataclasses.replace(task, attempt=task.attempt + 1)
-        if self._streak[device] >= self.max_retries + DEVICE_STREAK_MARGIN:
+        # a streak inside one unit is what a cluster of bad images looks like: only one that spans
+        # units says the device fails whatever it is given
+        if self._streak[device] >= self.max_retries + DEVICE_STREAK_MARGIN and len(self._streak_units[device]) > 1:
             return self._give_up(device, task, reason)
         if not task.piece and task.attempt <= self.max_retries:
             self.queue.appendleft(task)
             return []
-        if runtime and task.piece and not self._unit_ok.intersection([task.unit.index]):
+        unsure = task.unit.index not in self._unit_ok and device not in self._proven
+        probed = unsure and self._probe(task.unit.index)  # another unit runs next: it tells device from images
+        if runtime and task.piece and unsure and not probed:
             sibling = self._sibling.get(task.key)
             self._runtime_failure[task.key] = reason
             if sibling is not None and self._runtime_failure.get(sibling) == reason:
                 self.verdict = Verdict(
                     EXIT_STARTUP,
-                    f"{reason} (on {device}): both halves of unit {task.unit.index} failed the same way, so no image "
-                    "is to blame; check the model, runtime.batch_size and the device",
+                    f"{reason} (on {device}): both halves of unit {task.unit.index} failed the same way and there is "
+                    "no other unit to tell the device from the images, so no image is to blame; check the model, "
+                    "runtime.batch_size and the device",
                 )
                 return []
         if task.size > 1:
             self._split(task)
             return []
-        if task.unit.index in self._unit_ok or device in self._proven:
+        if not unsure:
             return [
                 CrashRow(task, f"{reason} while processing this image (failed {task.attempt} times)"),
                 *self._leaf_written(task),
             ]
-        self.queue.append(task)  # no evidence yet that the device works: try it again after other work
+        # no evidence yet that the device works: try the image again after other work, if there is any
+        self._deferred.add(task.key)
+        if all(t.key in self._deferred for t in self.queue):
+            self.verdict = Verdict(
+                EXIT_STARTUP,
+                f"{reason} (on {device}): every task left fails and none has succeeded on {device} in this run, so "
+                "the failures cannot be told from bad images and none is blamed; check the model and the device",
+            )
+            return []
+        self.queue.append(task)
         return []
+
+    def _probe(self, unit: int) -> bool:
+        """Move the first queued whole unit other than ``unit`` to the front; False if there is none."""
+        for i, queued in enumerate(self.queue):
+            if queued.unit.index != unit and not queued.piece and queued.key not in self._deferred:
+                del self.queue[i]
+                self.queue.appendleft(queued)
+                return True
+        return False
 
     def _split(self, task: Task) -> None:
         mid = (task.start + task.stop) // 2

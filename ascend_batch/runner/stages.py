@@ -262,6 +262,7 @@ def decode_on_device(
     pool: DecodePool,
     pp: Preprocess,
     max_pixels: int,
+    timeout: float,
     stats: TaskStats,
 ) -> Iterator[tuple[list[Sample], Any]]:
     """Each group with its device batch (the decoder's result for the group's readable samples), one
@@ -269,9 +270,17 @@ def decode_on_device(
     the CPU pool; a file neither can decode becomes that sample's error."""
 
     def cpu_decode(datas: list[bytes]) -> list[Decoded | ImageError]:
-        results = list(pool.pool.map(lambda d: timed(decode, d, pp, max_pixels), datas))
-        stats.seconds["decode"] += sum(sec for _, sec in results)
-        return [r for r, _ in results]
+        futures = [pool.submit(timed, decode, d, pp, max_pixels) for d in datas]
+        results: list[Decoded | ImageError] = []
+        for fut in futures:
+            try:
+                result, seconds = fut.result(timeout=timeout)
+                stats.seconds["decode"] += seconds
+            except cf.TimeoutError:
+                result = ImageError("timeout", f"decoding took longer than {timeout:g} s")
+                pool.replace()  # the stuck thread is abandoned; the rest go on in a fresh pool
+            results.append(result)
+        return results
 
     def keyed() -> Iterator[tuple[list[Sample], list[bytes]]]:
         for group in groups:

@@ -35,6 +35,7 @@ from .scheduler import Action, Committed, CrashRow, GiveUpDevice, Merge, Schedul
 from .worker import worker_main
 from .writer import sum_into
 
+RETIRE_GRACE = 30.0  # seconds a worker that reported a failure may take to release its session and exit
 _SIGNAL_NAMES = {-s.value: s.name for s in signal.Signals}
 
 
@@ -77,6 +78,7 @@ class _Worker:
     conn: Connection
     status: WorkerStatus = WorkerStatus.STARTING
     task: Task | None = None
+    retiring_since: float = 0.0
 
 
 class StopMode(enum.Enum):
@@ -128,6 +130,7 @@ class Supervisor:
         self.stop_mode: StopMode | None = None
         self.stop_signal: str | None = None
         self.drain_deadline = 0.0
+        self._abandoned = False  # tasks were in flight when the workers were stopped
         self.ctx = mp.get_context("spawn")
 
     def set_units(self, units: list[Unit]) -> None:
@@ -187,8 +190,11 @@ class Supervisor:
                 w.task = self.scheduler.take()
                 if w.task is None:
                     return
-                with contextlib.suppress(BrokenPipeError, OSError):
-                    w.conn.send(w.task)  # if it died, its sentinel fires and the task is requeued
+                try:
+                    w.conn.send(w.task)
+                except (BrokenPipeError, OSError):  # it died before it could receive the task: not the task's fault
+                    self.scheduler.give_back(w.task)
+                    w.task = None
 
     def _handle(self, w: _Worker, msg: Message) -> None:
         device = str(w.device)
@@ -205,6 +211,7 @@ class Supervisor:
         elif isinstance(msg, TaskFailed):
             task, w.task = w.task, None
             w.status = WorkerStatus.RETIRING  # it exits after reporting; never hand it another task
+            w.retiring_since = time.monotonic()
             if task is not None:
                 self.progress.log(
                     f"unit {task.unit.index} [{task.start}, {task.stop}) failed on {device}: {msg.message}"
@@ -313,8 +320,9 @@ class Supervisor:
                 signal.signal(sig, handler)
             self.outcome.wall = time.monotonic() - t0
         self.outcome.verdict = self.scheduler.verdict
-        if self.stop_mode is not None and self.outcome.verdict is None:
-            self.outcome.interrupted = self.stop_signal
+        unfinished = self._abandoned or bool(self.scheduler.queue) or bool(self.scheduler.busy_units)
+        if self.stop_mode is not None and self.outcome.verdict is None and unfinished:
+            self.outcome.interrupted = self.stop_signal  # a stop that came after the last commit stops nothing
         return self.outcome
 
     def _loop(self) -> None:
@@ -325,10 +333,13 @@ class Supervisor:
                 return
             if not self.scheduler.queue and not self._busy():
                 return
+            now = time.monotonic()
             for w in self.workers:  # a given-up device's worker goes now (its task was requeued)
                 if w.device in self.dead_devices and w.status is not WorkerStatus.STOPPING:
                     w.status = WorkerStatus.STOPPING
                     w.process.terminate()
+                elif w.status is WorkerStatus.RETIRING and now - w.retiring_since > RETIRE_GRACE:
+                    w.process.kill()  # stuck releasing a failed device: its replacement must not wait for it
             if not self.workers:
                 failures = "; ".join(f"{d}: {m[-1]}" for d, m in self.startup_failures.items() if m)
                 raise StartupError(f"no device could start a worker ({failures or 'every device was given up'})")
@@ -345,6 +356,7 @@ class Supervisor:
             self.progress.refresh()
 
     def _shutdown(self) -> None:
+        self._abandoned = self._abandoned or self._busy()
         for w in self.workers:
             w.status = WorkerStatus.STOPPING
             try:

@@ -309,7 +309,9 @@ def run_task(
                 stopping = (lambda: state.stop.is_set()) if state is not None else (lambda: False)
                 groups = stages.batches(samples, opener.cap(session))
                 cpu_pp = session.input_preprocess(pp)  # what the fallback decodes to, for this model
-                pairs = stages.decode_on_device(groups, decoder, pool, cpu_pp, cfg.max_pixels, stats)
+                pairs = stages.decode_on_device(
+                    groups, decoder, pool, cpu_pp, cfg.max_pixels, cfg.decode_timeout, stats
+                )
                 return _commit(cfg, task, list(stages.infer_device(pairs, session, stats, progress, stopping)), stats)
         window = cfg.batch_size * max(1, cfg.prefetch) + cfg.decode_workers
         decoded = stages.decode_cpu(samples, pool, window, pp, cfg.max_pixels, cfg.decode_timeout, stats)

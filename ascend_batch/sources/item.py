@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import lzma
 import tarfile
 import zipfile
@@ -75,6 +76,30 @@ def is_list_file(name: str) -> bool:
 
 def has_magic(text: str) -> bool:
     return any(ch in text for ch in GLOB_CHARS)
+
+
+# errors of the machine, not of a file: a dropped network mount, no file descriptors or memory left.
+# They are never written as an image's error row: the job stops (exit 8) and a rerun resumes.
+ENVIRONMENT_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "ESTALE",
+        "ENOTCONN",
+        "EMFILE",
+        "ENFILE",
+        "ENOMEM",
+        "ETIMEDOUT",
+        "EHOSTDOWN",
+        "ENETDOWN",
+        "ENETUNREACH",
+    )
+    if hasattr(errno, name)
+)
+
+
+def environmental(exc: BaseException) -> bool:
+    """Whether ``exc`` is the machine's fault rather than the file's (see ENVIRONMENT_ERRNOS)."""
+    return isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS)
 
 
 def oserror_text(exc: OSError, path: str) -> str:

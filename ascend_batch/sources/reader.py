@@ -11,7 +11,7 @@ from collections import OrderedDict
 
 from ..errors import ImageError
 from .ids import printable
-from .item import ARCHIVE_ERRORS, DEFAULT_MAX_MEMBER_BYTES, Item, exc_text, oserror_text
+from .item import ARCHIVE_ERRORS, DEFAULT_MAX_MEMBER_BYTES, Item, environmental, exc_text, oserror_text
 from .tar_archive import decompressed, sniff_compression
 
 
@@ -85,6 +85,8 @@ class ItemReader:
             try:
                 archive = self._archive(item)
             except OSError as exc:
+                if environmental(exc):
+                    raise
                 raise ImageError("read", oserror_text(exc, item.path)) from None
             except ARCHIVE_ERRORS as exc:
                 raise ImageError("archive", f"{exc_text(exc)}: {item.path}") from None
@@ -96,6 +98,8 @@ class ItemReader:
                 raise
             except ARCHIVE_ERRORS as exc:
                 self._drop(item.path)  # its state is unknown after a failure: reopen next time
+                if environmental(exc):
+                    raise
                 raise ImageError("archive", f"{exc_text(exc)}: {item.path}::{item.member}") from None
 
     def _read_file(self, item: Item) -> bytes:
@@ -114,6 +118,8 @@ class ItemReader:
                 if len(data) > size:  # it grew since fstat: read on, never past the limit
                     data += f.read(limit + 1 - len(data))
         except OSError as exc:
+            if environmental(exc):  # the mount, not the file: never an error row
+                raise
             raise ImageError("read", oserror_text(exc, item.path)) from None
         if len(data) > limit:
             raise ImageError("too-large", f"{item.path} grew past the limit of {limit} bytes while read")
