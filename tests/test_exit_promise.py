@@ -401,3 +401,27 @@ def test_a_dropped_input_mount_is_not_an_error_row(tmp_path: Path, monkeypatch: 
         reader.read(item)  # raised, not turned into an ImageError (an error row)
     cause, message = failure_cause(info.value)
     assert cause is Cause.ENVIRONMENT and item.path in message
+
+
+def test_overlapping_pieces_merge_each_image_once(tmp_path: Path) -> None:
+    # a worker committed piece [0, 4) and died before reporting it; its task was split and [0, 2), [2, 4)
+    # were committed too: the merge must still hold each image exactly once
+    from ascend_batch.plan import Unit
+    from ascend_batch.runner.outdir import commit_piece, merge_pieces
+    from ascend_batch.runner.writer import RowBuffer
+
+    def piece(start: int, stop: int) -> None:
+        rows = RowBuffer("m", "b", "cpu:0", "r")
+        for i in range(start, stop):
+            rows.add_error(f"img{i}", "s", 0, 0, 1, 0.0, "decode: x")
+        commit_piece(tmp_path, 0, start, stop, rows.table(), {"images": stop - start})
+
+    for start, stop in [(0, 4), (0, 2), (2, 4), (4, 6)]:
+        piece(start, stop)
+    assert merge_pieces(tmp_path, Unit(0, 0, 6))
+    ids = pq.read_table(tmp_path / "part-000000.parquet")["image_id"].to_pylist()
+    assert ids == [f"img{i}" for i in range(6)]
+    assert not list((tmp_path / "_pieces").glob("*.parquet"))
+    piece(0, 2)  # a gap is never merged
+    with pytest.raises(ValueError, match="cover"):
+        merge_pieces(tmp_path, Unit(0, 0, 6))

@@ -146,10 +146,29 @@ def write_crash_row(
     commit_piece(out, unit.index, pos, pos + 1, rows.table(), stats)
 
 
+def _cover(unit: Unit, files: list[Path]) -> list[Path]:
+    """The pieces that hold each image of ``unit`` exactly once, in listing order. A piece committed by a
+    worker that died before reporting it overlaps the halves its task was split into: either serves, so
+    the larger is kept. Raises ``ValueError`` if some image has no piece (a bug: never merge a gap)."""
+    ranges = []
+    for p in files:
+        _, first, last = p.stem.split("-")
+        ranges.append((int(first), -int(last), p))
+    chosen: list[Path] = []
+    cursor = unit.start
+    for start, neg_stop, p in sorted(ranges):
+        if start == cursor:
+            chosen.append(p)
+            cursor = -neg_stop
+    if cursor != unit.stop:
+        raise ValueError(f"unit {unit.index}: its pieces cover [{unit.start}, {cursor}) of [{unit.start}, {unit.stop})")
+    return chosen
+
+
 def merge_pieces(out: Path, unit: Unit) -> bool:
-    """Merge a bisected unit's pieces into its part (listing order), then drop them."""
+    """Merge a bisected unit's pieces into its part (listing order, each image once), then drop them."""
     files = sorted((out / PIECES_DIR).glob(f"u{unit.index:06d}-*.parquet"))
-    tables = [pq.read_table(p) for p in files]
+    tables = [pq.read_table(p) for p in _cover(unit, files)]
     stats: dict = {"images": 0, "ok": 0, "errors": 0, "error_kinds": {}, "seconds": {}, "decoded": {}, "bisected": True}
     for t in tables:
         part = part_stats(t)
