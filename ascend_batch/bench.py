@@ -37,6 +37,7 @@ from .manifest import Manifest, parse_manifest
 from .models.resolve import resolve_model
 from .preprocess import Preprocess, decode
 from .runner.job import available_cores, run_job
+from .runner.outdir import SUMMARY_FILE
 from .runner.writer import topk
 from .sources import ItemReader, list_items
 
@@ -205,7 +206,7 @@ def run_bench(
                     raise RuntimeError(f"the runner processed {done} images, the other paths {n}")
                 results["d_runner"].seconds.append(seconds)
                 log(f"  repeat {r + 1}: {'d_runner':22s} {n / seconds:8.1f} img/s")
-                summary = json.loads((out / "_summary.json").read_text())
+                summary = json.loads((out / SUMMARY_FILE).read_text())
                 shutil.rmtree(out, ignore_errors=True)
         finally:
             session.close()

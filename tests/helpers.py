@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -135,3 +137,28 @@ def cli(*args: str | os.PathLike, env: dict | None = None, timeout: float = 300,
         timeout=timeout,
         **kw,
     )
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 60.0, step: float = 0.05) -> bool:
+    """Poll ``cond`` until it holds (True) or ``timeout`` seconds pass (False)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(step)
+    return False
+
+
+def children(pid: int) -> list[int]:
+    """Live child processes of ``pid`` (from /proc), leaving out multiprocessing's resource tracker."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and b"resource_tracker" not in cmd:
+                out.append(int(entry))
+    return out

@@ -15,14 +15,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import REPO, cli, labels_file, tiny_onnx
+from helpers import REPO, children, cli, labels_file, tiny_onnx, wait_for
 from PIL import Image
 
 from ascend_batch.backends.dvpp import crop_roi, dvpp_refusal, rgb_to_nv12
@@ -247,29 +245,6 @@ def test_failure_mid_batch_releases_everything_and_the_job_completes(lab: Path, 
     assert len(df) == 40 and (df["status"] == "ok").all()
 
 
-def _wait(cond: Callable[[], bool], timeout: float = 60) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return False
-
-
-def _workers(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-                cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if int(stat[1]) == pid and b"resource_tracker" not in cmd:
-                out.append(int(entry))
-    return out
-
-
 @pytest.mark.parametrize("how", ["sigterm", "kill-worker"])
 def test_stopped_or_killed_mid_job_leaks_nothing(lab: Path, tmp_path: Path, how: str) -> None:
     m = manifest(lab, "aipp.om", str(tmp_path / "out"), device_decode=True)
@@ -284,13 +259,13 @@ def test_stopped_or_killed_mid_job_leaks_nothing(lab: Path, tmp_path: Path, how:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     out = tmp_path / "out"
-    assert _wait(lambda: any(out.glob("part-*.parquet"))), "no unit committed"
+    assert wait_for(lambda: any(out.glob("part-*.parquet"))), "no unit committed"
     if how == "sigterm":
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 130, err
     else:
-        (worker,) = _workers(proc.pid)
+        (worker,) = children(proc.pid)
         os.kill(worker, signal.SIGKILL)
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err

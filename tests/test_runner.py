@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import PLUGINS, cli, make_images, tiny_manifest, use_test_backend
+from helpers import PLUGINS, children, cli, make_images, tiny_manifest, use_test_backend, wait_for
 from PIL import Image
 
 
@@ -52,29 +52,6 @@ def session_pids(sid: int) -> list[int]:
         if int(fields[3]) == sid and fields[0] != "Z":  # session id, state
             pids.append(int(entry))
     return pids
-
-
-def children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-                cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if int(fields[1]) == pid and b"resource_tracker" not in cmd:
-                out.append(int(entry))
-    return out
-
-
-def wait_for(cond, timeout: float = 60.0, step: float = 0.05) -> bool:  # type: ignore[no-untyped-def]
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(step)
-    return False
 
 
 def results(out: Path) -> pd.DataFrame:

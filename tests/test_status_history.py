@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import PLUGINS, cli, make_images, tiny_manifest, use_test_backend
+from helpers import PLUGINS, cli, make_images, tiny_manifest, use_test_backend, wait_for
 
 from ascend_batch.runner.lock import JobLock, held_locks
 from ascend_batch.runner.summary import STATES, live_status
@@ -31,15 +31,6 @@ def start(manifest: Path, *args: str) -> subprocess.Popen:
         start_new_session=True,
         env={**os.environ, **PLUGINS},
     )
-
-
-def wait_for(cond, timeout: float = 60.0, step: float = 0.05) -> bool:  # type: ignore[no-untyped-def]
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(step)
-    return False
 
 
 def parts(out: Path) -> int:
