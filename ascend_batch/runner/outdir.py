@@ -114,8 +114,9 @@ def _record_path(out: Path, unit: int) -> Path:
     return out / COMMITS_DIR / f"{part_name(unit)}.json"
 
 
-def _write_record(out: Path, unit: int, rows: int) -> None:
-    size, digest = _sha256(out / part_name(unit))
+def _write_record(out: Path, unit: int, rows: int, sized: tuple[int, str] | None = None) -> None:
+    """Record the committed part of ``unit``; ``sized`` is its (bytes, sha256) when already known."""
+    size, digest = sized or _sha256(out / part_name(unit))
     (out / COMMITS_DIR).mkdir(exist_ok=True)
     write_text(_record_path(out, unit), json.dumps(asdict(CommitRecord(rows, size, digest))))
 
@@ -206,15 +207,20 @@ def check_part(out: Path, unit: Unit, listing: pq.ParquetFile | None = None) -> 
     with contextlib.suppress(FileNotFoundError, ValueError, TypeError):
         record = CommitRecord(**json.loads(_record_path(out, unit.index).read_text("utf-8")))
     try:
+        if record is not None and listing is None:
+            size, digest = _sha256(path)  # the cheap check: no need to hold the file
+        else:
+            data = path.read_bytes()  # read once: hashed, then parsed from memory
+            size, digest = len(data), hashlib.sha256(data).hexdigest()
         if record is not None:
-            size, digest = _sha256(path)
             if size != record.bytes:
                 return f"{size} bytes, {record.bytes} were committed"
             if digest != record.sha256:
                 return "its content changed after the commit (sha256 differs)"
-        if record is not None and listing is None:
-            return None
-        table = pq.read_table(path, page_checksum_verification=True)  # every page of every column
+            if listing is None:
+                return None
+        # every page of every column
+        table = pq.read_table(pa.BufferReader(data), page_checksum_verification=True)
     except (OSError, ValueError, pa.ArrowException) as exc:
         return f"unreadable: {exc}"
     ids = unit_ids(listing, unit) if listing is not None else None
@@ -224,8 +230,8 @@ def check_part(out: Path, unit: Unit, listing: pq.ParquetFile | None = None) -> 
         return "its image ids differ from the unit's listing"
     if not set(table["status"].to_pylist()) <= {"ok", "error"}:
         return "a status other than 'ok' or 'error'"
-    if record is None:
-        _write_record(out, unit.index, table.num_rows)  # verified: a resume can check it cheaply from now on
+    if record is None:  # verified: a resume can check it cheaply from now on
+        _write_record(out, unit.index, table.num_rows, (size, digest))
     return None
 
 
