@@ -1,7 +1,7 @@
 """The acl backend's DVPP decode stage and AIPP models.
 
-Unit level (no emulator): the crop region matches the CPU path's geometry under VPC's parity rules;
-the host's RGB -> NV12 matches Pillow's JFIF YCbCr; the routing sends to the CPU exactly what JPEGD
+Unit level (no emulator; the VPC plan's geometry is tests/test_vpc_plan.py): the host's RGB -> NV12
+matches Pillow's JFIF YCbCr; the routing sends to the CPU exactly what JPEGD
 cannot take. Through the emulated pyACL (tests/fakes/acl; JPEGD and VPC are emulated with Pillow and
 numpy, figures from them are the emulator's, not hardware's): sessions, and jobs through the real CLI.
 """
@@ -23,25 +23,8 @@ import pytest
 from helpers import REPO, children, cli, labels_file, tiny_onnx, wait_for
 from PIL import Image
 
-from ascend_batch.backends.dvpp import crop_roi, dvpp_refusal, rgb_to_nv12
+from ascend_batch.backends.dvpp import dvpp_refusal, rgb_to_nv12
 from ascend_batch.backends.jpeg_sniff import sniff_jpeg
-from ascend_batch.preprocess import Preprocess
-
-PP = Preprocess(size=224, resize=256)
-
-
-@pytest.mark.parametrize(
-    ("w", "h"), [(500, 375), (375, 500), (224, 224), (640, 427), (33, 97), (1024, 1024), (257, 255)]
-)
-def test_crop_roi_is_the_cpu_crop_with_vpc_parity(w: int, h: int) -> None:
-    left, right, top, bottom = crop_roi(w, h, PP)
-    assert left % 2 == 0 and top % 2 == 0 and right % 2 == 1 and bottom % 2 == 1
-    assert 0 <= left < right <= w - 1 and 0 <= top < bottom <= h - 1
-    short = min(w, h)
-    side = PP.size * short / PP.resize  # the source square the CPU path's 224 crop comes from
-    assert abs((right - left + 1) - side) <= 3 and abs((bottom - top + 1) - side) <= 3
-    centre_x, centre_y = (left + right + 1) / 2, (top + bottom + 1) / 2
-    assert abs(centre_x - w / 2) <= 2 and abs(centre_y - h / 2) <= 2
 
 
 def test_rgb_to_nv12_matches_pillows_jfif_ycbcr() -> None:
@@ -209,6 +192,19 @@ def test_aipp_job_with_dvpp_agrees_with_the_cpu_path(lab: Path) -> None:
     assert all(a in set(b) for a, b in zip(dvpp["top1_label"], base["top5_label"], strict=True))
 
 
+def test_pyacl_without_crop_resize_uses_vpc_crop(lab: Path, tmp_path: Path) -> None:
+    # CANN before 6 has no dvpp_vpc_crop_resize_async: the same plan runs with dvpp_vpc_crop_async
+    out = tmp_path / "out"
+    r = run_acl(manifest(lab, "aipp.om", str(out), device_decode=True), tmp_path / "reports",
+                ACL_FAKE_HIDE="media.dvpp_vpc_crop_resize_async")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    reports_clean(tmp_path / "reports")
+    assert json.loads((out / "_summary.json").read_text())["decoded_on"] == {"device": 40}
+    with_resize = rows(lab / "aipp-dvpp") if (lab / "aipp-dvpp").exists() else None
+    if with_resize is not None:  # the emulator's filter is the same for both calls: the same rows
+        assert list(rows(out)["top1_label"]) == list(with_resize["top1_label"])
+
+
 def test_every_file_takes_the_right_path_and_gets_one_row(lab: Path, tmp_path: Path) -> None:
     d = tmp_path
     shutil.copytree(lab / "imgs", d / "imgs")
@@ -236,9 +232,9 @@ def test_failure_mid_batch_releases_everything_and_the_job_completes(lab: Path, 
     # the 6th VPC call of the first worker fails: its task fails, the worker exits after releasing
     # everything (DVPP buffers, descriptions, channel, then the model), a fresh worker redoes the unit
     r = run_acl(manifest(lab, "aipp.om", str(tmp_path / "out"), device_decode=True), tmp_path / "reports",
-                fail="media.dvpp_vpc_crop_async:6!")  # fmt: skip
+                fail="media.dvpp_vpc_crop_resize_async:6!")  # fmt: skip
     assert r.returncode == 0, r.stderr
-    assert "acl.media.dvpp_vpc_crop_async" in r.stderr
+    assert "acl.media.dvpp_vpc_crop_resize_async" in r.stderr
     found = reports_clean(tmp_path / "reports")
     assert len(found) >= 2  # the failed worker and its replacement, both balanced
     df = rows(tmp_path / "out")

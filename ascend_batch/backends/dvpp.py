@@ -1,17 +1,19 @@
 """DVPP decode for AIPP models on the acl backend: the device decode stage of :class:`~.acl.AclSession`.
 
 Per batch: each JPEG that JPEGD can take (decided from its header, :func:`dvpp_refusal`) is copied into
-DVPP memory and decoded asynchronously (JPEGD, NV12), then VPC crops the centred region that the CPU
-path's resize-then-crop maps from and scales it to the model's input size, straight into one row of a
-DVPP staging buffer; one ``synchronize_stream`` waits for the whole batch. Meanwhile the worker's CPU
+DVPP memory and decoded asynchronously (JPEGD, NV12), then VPC takes the centred region that the CPU
+path's resize-then-crop maps from to the model's input size, in the steps :mod:`.vpc_plan` plans (exact
+halvings, a crop onto an even-aligned window of twice the size, a last halving), the last one straight
+into one row of a DVPP staging buffer; one ``synchronize_stream`` waits for the whole batch. Meanwhile the worker's CPU
 decode threads take the other files (progressive, CMYK, 12-bit, EXIF-rotated, too small or large,
 not JPEG), whose RGB crops are converted to NV12 on the host (:func:`rgb_to_nv12`) and copied into
 their rows, so the model sees the same input either way. A file JPEGD rejects at run time (its picture
 description's return code) goes the CPU way too; it is an error row only if the CPU fails as well.
 
-Everything is made once per session and reused: the channel, a DVPP stream, one JPEGD output and one
-VPC output description per batch slot, a ROI config per slot, input and decode buffers per slot (grown
-when a larger image comes), and two staging buffers (a batch decodes into one while the previous one
+Everything is made once per session and reused: the channel, a DVPP stream, a bilinear resize config,
+per batch slot a JPEGD output description, one per intermediate VPC picture and one for its staging row,
+input, decode and two intermediate buffers per slot (grown when a larger image comes), and two staging
+buffers (a batch decodes into one while the previous one
 is copied into the model). :meth:`DvppDecoder.close` releases them in reverse order; the session calls
 it before its own resources, also after a failure mid-batch.
 """
@@ -31,10 +33,12 @@ import numpy as np
 from ..errors import BackendError, ImageError
 from ..preprocess import Decoded, Preprocess
 from .jpeg_sniff import JpegInfo, gpu_refusal, sniff_jpeg
+from .vpc_plan import plan
 
 PIXEL_FORMAT_YUV_SEMIPLANAR_420 = 1  # NV12
 JPEGD_MIN_SIDE, JPEGD_MAX_SIDE = 32, 8192
 STAGING_BUFFERS = 2  # the batch being decoded, and the one being copied into the model
+VPC_BILINEAR = 1  # resize config interpolation: OpenCV's bilinear, as CANN documents it (0 is chip-dependent)
 
 CpuDecode = Callable[[list[bytes]], list[Decoded | ImageError]]
 
@@ -51,29 +55,6 @@ def dvpp_refusal(info: JpegInfo | None, max_pixels: int) -> str | None:
     if not (JPEGD_MIN_SIDE <= info.width <= JPEGD_MAX_SIDE and JPEGD_MIN_SIDE <= info.height <= JPEGD_MAX_SIDE):
         return f"{info.width}x{info.height} is outside JPEGD's {JPEGD_MIN_SIDE}..{JPEGD_MAX_SIDE}"
     return None
-
-
-def crop_roi(width: int, height: int, pp: Preprocess) -> tuple[int, int, int, int]:
-    """``(left, right, top, bottom)``, inclusive, of the source region that the CPU path's resize (short
-    side to ``pp.resize``) and centre crop (``pp.size``) keep, with VPC's parity rules (left and top
-    even, right and bottom odd)."""
-    short = min(width, height)
-    new_w = max(pp.size, round(width * pp.resize / short))
-    new_h = max(pp.size, round(height * pp.resize / short))
-    sx, sy = width / new_w, height / new_h
-    x0, y0 = (new_w - pp.size) // 2 * sx, (new_h - pp.size) // 2 * sy
-    x1, y1 = x0 + pp.size * sx, y0 + pp.size * sy
-
-    def span(lo: float, hi: float, limit: int) -> tuple[int, int]:
-        first = round(lo) // 2 * 2  # even
-        last = min(round(hi) - 1, limit - 1)  # inclusive
-        if last % 2 == 0:
-            last = last + 1 if last + 1 <= limit - 1 else last - 1
-        return first, max(last, first + 1)
-
-    left, right = span(x0, x1, width)
-    top, bottom = span(y0, y1, height)
-    return left, right, top, bottom
 
 
 def rgb_to_nv12(rgb: np.ndarray) -> np.ndarray:
@@ -109,14 +90,21 @@ class DvppBatch:
 
 @dataclass
 class _Slot:
-    """One batch position's reusable DVPP resources (buffers grown when a larger image comes)."""
+    """One batch position's reusable DVPP resources (buffers grown when a larger image comes): the
+    JPEG, JPEGD's picture, two intermediate VPC pictures used in turn (``mid0``, ``mid1``) with a
+    description per intermediate step, and the description of its staging row."""
 
     jpeg_desc: int
     vpc_desc: int
+    step_descs: list[int] = field(default_factory=list)
     in_ptr: int = 0
     in_cap: int = 0
     out_ptr: int = 0
     out_cap: int = 0
+    mid0_ptr: int = 0
+    mid0_cap: int = 0
+    mid1_ptr: int = 0
+    mid1_cap: int = 0
 
 
 class DvppDecoder:
@@ -153,6 +141,17 @@ class DvppDecoder:
         stream = s.value("acl.rt.create_stream", self.acl.rt.create_stream())
         self._undo.append(("acl.rt.destroy_stream", lambda: self.acl.rt.destroy_stream(stream)))
         self.stream = stream
+        # VPC crop+resize with an explicit bilinear filter where this pyACL has it (CANN 6+); older ones
+        # only have dvpp_vpc_crop_async, whose filter is the chip's default
+        self.resize_config = 0
+        if hasattr(media, "dvpp_vpc_crop_resize_async"):
+            cfg = s.handle("acl.media.dvpp_create_resize_config", media.dvpp_create_resize_config())
+            self._undo.append(("acl.media.dvpp_destroy_resize_config", lambda: media.dvpp_destroy_resize_config(cfg)))
+            s.check(
+                "acl.media.dvpp_set_resize_config_interpolation",
+                media.dvpp_set_resize_config_interpolation(cfg, VPC_BILINEAR),
+            )
+            self.resize_config = cfg
         self.staging = []
         for _ in range(STAGING_BUFFERS):
             ptr = self._dvpp_malloc(self.row * self.max_batch)
@@ -171,7 +170,8 @@ class DvppDecoder:
         return int(self.session.value("acl.media.dvpp_malloc", self.acl.media.dvpp_malloc(size)))
 
     def _buffer(self, slot: _Slot, which: str, size: int) -> int:
-        """The slot's input (``which="in"``) or decode (``"out"``) buffer, at least ``size`` bytes."""
+        """The slot's input (``which="in"``), decode (``"out"``) or intermediate (``"mid0"``, ``"mid1"``)
+        buffer, at least ``size`` bytes."""
         ptr, cap = getattr(slot, f"{which}_ptr"), getattr(slot, f"{which}_cap")
         if cap < size:
             if ptr:
@@ -193,7 +193,7 @@ class DvppDecoder:
             self.closed = True
         steps: list[tuple[str, Callable[[], Any]]] = list(undo)
         for slot in slots:
-            for ptr in (slot.in_ptr, slot.out_ptr):
+            for ptr in (slot.in_ptr, slot.out_ptr, slot.mid0_ptr, slot.mid1_ptr):
                 if ptr:
                     steps.append(("acl.media.dvpp_free", functools.partial(self.acl.media.dvpp_free, ptr)))
         problems = []
@@ -305,15 +305,7 @@ class DvppDecoder:
                     media.dvpp_jpeg_decode_async(self.channel, in_ptr, len(data), slot.jpeg_desc, self.stream),
                 )
                 row = self.staging[staging] + k * self.row
-                self._describe(slot.vpc_desc, row, self.row, self.width, self.height, self.width, self.height)
-                roi = s.handle(
-                    "acl.media.dvpp_create_roi_config", media.dvpp_create_roi_config(*crop_roi(w, h, self.pp))
-                )
-                rois.append(roi)
-                s.check(
-                    "acl.media.dvpp_vpc_crop_async",
-                    media.dvpp_vpc_crop_async(self.channel, slot.jpeg_desc, slot.vpc_desc, roi, self.stream),
-                )
+                self._submit_vpc(slot, info.width, info.height, row, rois)
             synced = self.acl.rt.synchronize_stream(self.stream)
             submitted = True
         finally:
@@ -329,6 +321,45 @@ class DvppDecoder:
             # can be trusted, so the CPU decodes them all
             return set(device)
         return refused
+
+    def _submit_vpc(self, slot: _Slot, width: int, height: int, row: int, rois: list[int]) -> None:
+        """Queue the VPC steps (:func:`~.vpc_plan.plan`) from the slot's JPEGD picture to staging ``row``;
+        the ROI configs made go in ``rois``, to destroy after the sync."""
+        media, s = self.acl.media, self.session
+        steps = plan(width, height, self.pp).steps
+        while len(slot.step_descs) < len(steps) - 1:
+            slot.step_descs.append(self._pic_desc())
+        pictures = []  # (width, height, width stride) of each intermediate picture
+        need = [0, 0]
+        for n, step in enumerate(steps[:-1]):
+            w, h = step.out_size
+            pictures.append((w, h, align(w, 16)))
+            need[n % 2] = max(need[n % 2], align(w, 16) * h * 3 // 2)
+        mids = [self._buffer(slot, f"mid{m}", need[m]) if need[m] else 0 for m in (0, 1)]  # before queuing
+        source = slot.jpeg_desc
+        for n, step in enumerate(steps):
+            if n == len(steps) - 1:
+                target = slot.vpc_desc
+                self._describe(target, row, self.row, self.width, self.height, self.width, self.height)
+            else:
+                target = slot.step_descs[n]
+                w, h, ws = pictures[n]
+                self._describe(target, mids[n % 2], getattr(slot, f"mid{n % 2}_cap"), w, h, ws, h)
+            roi = s.handle("acl.media.dvpp_create_roi_config", media.dvpp_create_roi_config(*step.roi))
+            rois.append(roi)
+            if self.resize_config:
+                s.check(
+                    "acl.media.dvpp_vpc_crop_resize_async",
+                    media.dvpp_vpc_crop_resize_async(
+                        self.channel, source, target, roi, self.resize_config, self.stream
+                    ),
+                )
+            else:
+                s.check(
+                    "acl.media.dvpp_vpc_crop_async",
+                    media.dvpp_vpc_crop_async(self.channel, source, target, roi, self.stream),
+                )
+            source = target
 
     def _describe(self, desc: int, ptr: int, size: int, w: int, h: int, ws: int, hs: int) -> None:
         media, check = self.acl.media, self.session.check

@@ -63,6 +63,7 @@ INJECTED_CODES = {
     "media.dvpp_malloc": ACL_ERROR_RT_MEMORY_ALLOCATION,
     "media.dvpp_create_channel": ACL_ERROR_RT_RESOURCE_ALLOC_FAIL,
     "media.dvpp_vpc_crop_async": ACL_ERROR_RT_AICPU_EXCEPTION,
+    "media.dvpp_vpc_crop_resize_async": ACL_ERROR_RT_AICPU_EXCEPTION,
     "media.dvpp_vpc_resize_async": ACL_ERROR_RT_AICPU_EXCEPTION,
     # special: the call succeeds and JPEGD rejects the picture at run time (the output pic desc's
     # ret code after synchronize_stream); see acl.media

@@ -256,6 +256,23 @@ def dvpp_vpc_crop_async(channel_desc: int, input_desc: int, output_desc: int, cr
     return _vpc("crop", channel_desc, input_desc, output_desc, (roi.left, roi.right, roi.top, roi.bottom), stream)
 
 
+@api("media.dvpp_vpc_crop_resize_async")
+def dvpp_vpc_crop_resize_async(
+    channel_desc: int, input_desc: int, output_desc: int, crop_area: int, resize_config: int, stream: int
+) -> int:
+    """Queue: the ROI ``crop_area`` of the input, resized to the output's width x height with
+    ``resize_config``'s interpolation (0 and 1 are both emulated as bilinear; see ``_pixels``)."""
+    STATE.require_init()
+    roi = STATE.roi_configs.get(crop_area)
+    if roi is None:
+        raise Fail(ACL_ERROR_INVALID_PARAM, f"ROI config {crop_area!r} is not live")
+    if resize_config not in STATE.resize_configs:
+        raise Fail(ACL_ERROR_INVALID_PARAM, f"resize config {resize_config!r} is not live")
+    return _vpc(
+        "crop_resize", channel_desc, input_desc, output_desc, (roi.left, roi.right, roi.top, roi.bottom), stream
+    )
+
+
 @api("media.dvpp_vpc_resize_async")
 def dvpp_vpc_resize_async(channel_desc: int, input_desc: int, output_desc: int, resize_config: int, stream: int) -> int:
     """Queue: the whole input resized (bilinear) to the output's width x height."""

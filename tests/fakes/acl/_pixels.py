@@ -6,8 +6,10 @@ V, U for NV21). Only the picture's own ``width x height`` (and its half-size chr
 stride padding keeps whatever the buffer held, as on the device.
 
 The resize is bilinear with pixel centres aligned (OpenCV's ``INTER_LINEAR``), each plane on its
-own: it stands in for VPC's filter, whose exact taps are not documented, so figures near edges can
-differ from hardware by a level or two.
+own. CANN documents VPC's interpolation 1 as OpenCV's bilinear, so that mode is modelled as such (up to
+a level of rounding). Interpolation 0, the default, is Huawei's own "high-order filter" on Ascend 310
+(bilinear on 310P); its taps are not published, and the emulator uses bilinear for it too: figures
+for mode 0 are a stand-in, which is why the acl backend asks for mode 1.
 """
 
 from __future__ import annotations

@@ -44,6 +44,7 @@ from ._media_run import (
     dvpp_jpeg_get_image_info,
     dvpp_jpeg_predict_dec_size,
     dvpp_vpc_crop_async,
+    dvpp_vpc_crop_resize_async,
     dvpp_vpc_resize_async,
 )
 from ._state import (
@@ -90,6 +91,7 @@ __all__ = [
     "dvpp_set_resize_config_interpolation",
     "dvpp_set_roi_config",
     "dvpp_vpc_crop_async",
+    "dvpp_vpc_crop_resize_async",
     "dvpp_vpc_resize_async",
 ]
 
