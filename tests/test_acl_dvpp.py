@@ -16,15 +16,22 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pandas as pd
 import pytest
 from helpers import REPO, children, cli, labels_file, tiny_onnx, wait_for
 from PIL import Image
+from test_acl_backend import acl  # noqa: F401  (the in-process emulator fixture: fails on misuse or leaks)
 
+from ascend_batch.backends.acl import AclBackend
+from ascend_batch.backends.base import Device
 from ascend_batch.backends.dvpp import dvpp_refusal, rgb_to_nv12
 from ascend_batch.backends.jpeg_sniff import sniff_jpeg
+from ascend_batch.errors import BackendError
+from ascend_batch.models.spec import ModelSpec
+from ascend_batch.preprocess import Preprocess, decode
 
 
 def test_rgb_to_nv12_matches_pillows_jfif_ycbcr() -> None:
@@ -228,17 +235,46 @@ def test_every_file_takes_the_right_path_and_gets_one_row(lab: Path, tmp_path: P
     assert summary["decoded_on"] == {"device": 39, "cpu": 4}
 
 
-def test_failure_mid_batch_releases_everything_and_the_job_completes(lab: Path, tmp_path: Path) -> None:
-    # the 6th VPC call of the first worker fails: its task fails, the worker exits after releasing
-    # everything (DVPP buffers, descriptions, channel, then the model), a fresh worker redoes the unit
-    r = run_acl(manifest(lab, "aipp.om", str(tmp_path / "out"), device_decode=True), tmp_path / "reports",
-                fail="media.dvpp_vpc_crop_resize_async:6!")  # fmt: skip
+@pytest.mark.parametrize(
+    "fail",
+    [
+        "media.dvpp_vpc_crop_resize_async:6!",  # a VPC call of the first batch
+        "media.dvpp_malloc:5!",  # a DVPP allocation of the first batch
+    ],
+)
+def test_failure_mid_batch_releases_everything_and_the_job_completes(lab: Path, tmp_path: Path, fail: str) -> None:
+    # the first worker's call fails: its task fails, the worker waits for what it queued, releases
+    # everything (DVPP buffers, descriptions, channel, then the model) and exits; a fresh worker redoes the unit
+    r = run_acl(manifest(lab, "aipp.om", str(tmp_path / "out"), device_decode=True), tmp_path / "reports", fail=fail)
     assert r.returncode == 0, r.stderr
-    assert "acl.media.dvpp_vpc_crop_resize_async" in r.stderr
-    found = reports_clean(tmp_path / "reports")
+    assert "acl.media." + fail.split(":")[0].split(".")[1] in r.stderr
+    found = reports_clean(tmp_path / "reports")  # no misuse: nothing freed under a queued task
     assert len(found) >= 2  # the failed worker and its replacement, both balanced
     df = rows(tmp_path / "out")
     assert len(df) == 40 and (df["status"] == "ok").all()
+
+
+def test_failure_after_jpegd_is_queued_waits_for_the_stream_before_freeing(
+    acl: ModuleType,  # noqa: F811  (the fixture imported above)
+    lab: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # in-process, so the emulator's own bookkeeping is the witness (the `acl` fixture fails the test on
+    # any misuse or anything left live): slot 0's intermediate VPC buffer cannot be had after its JPEGD
+    # task is queued; the decoder must wait for that task before it frees the buffers and description
+    pp = Preprocess(size=SIZE, resize=36, mean=(MEAN,) * 3, std=(STD,) * 3)
+    model = ModelSpec("aipp", lab / "aipp.om", "om", pp, tuple(f"class{i}" for i in range(10)), "test")
+    jpeg = (lab / "imgs" / "img000.jpg").read_bytes()
+    with AclBackend().open(Device("npu", 0), model, batch_size=4, threads=0) as session:
+        decoder = session.device_decoder(10**9, 4)
+        assert decoder is not None
+        mallocs = sum(c.name == "acl.media.dvpp_malloc" for c in acl._fake.calls())  # the staging buffers
+        monkeypatch.setenv("ACL_FAKE_FAIL", f"media.dvpp_malloc:{mallocs + 3}")  # input, JPEGD output, then this
+        with pytest.raises(BackendError, match="dvpp_malloc"):
+            decoder.decode([jpeg], lambda datas: [decode(d, pp) for d in datas])
+        names = [c.name for c in acl._fake.calls()]
+        assert "acl.media.dvpp_jpeg_decode_async" in names
+        assert names.index("acl.rt.synchronize_stream", names.index("acl.media.dvpp_jpeg_decode_async")) > 0
 
 
 @pytest.mark.parametrize("how", ["sigterm", "kill-worker"])

@@ -56,31 +56,38 @@ def source_box(p: Plan, size: int) -> tuple[float, float, float, float]:
 
 
 def allowed(width: int, height: int, pp: Preprocess) -> float:
-    """Half an output pixel, plus what of the box lies in an odd last column or row, which is not in
-    JPEGD's (even-sized) picture."""
+    """Half an output pixel (a whole one for a crop scaled up over 4x: few ROI and canvas lengths to
+    choose from), plus what of the box lies in an odd last column or row, which is not in JPEGD's
+    (even-sized) picture."""
     x0, y0, x1, y1 = cpu_box(width, height, pp)
     over_x = max(0.0, x1 - (width & ~1)) / ((x1 - x0) / pp.size)
     over_y = max(0.0, y1 - (height & ~1)) / ((y1 - y0) / pp.size)
-    return 0.5 + max(over_x, over_y)
+    upscale = pp.size / min(x1 - x0, y1 - y0)
+    return (1.0 if upscale > 4 else 0.5) + max(over_x, over_y)
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.integers(32, 8192), st.integers(32, 8192))
-def test_every_step_is_legal_and_the_crop_is_the_cpu_paths(width: int, height: int) -> None:
-    p = plan(width, height, PP)
-    check_rules(p, width, height, PP.size)
-    want = cpu_box(width, height, PP)
-    got = source_box(p, PP.size)
-    per_x, per_y = (want[2] - want[0]) / PP.size, (want[3] - want[1]) / PP.size  # source px per output px
+PPS = [Preprocess(size=s, resize=r) for s, r in [(224, 256), (224, 224), (32, 36), (320, 320), (384, 438)]]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(PPS), st.integers(32, 8192), st.integers(32, 8192))
+def test_every_step_is_legal_and_the_crop_is_the_cpu_paths(pp: Preprocess, width: int, height: int) -> None:
+    p = plan(width, height, pp)
+    check_rules(p, width, height, pp.size)
+    want = cpu_box(width, height, pp)
+    got = source_box(p, pp.size)
+    per_x, per_y = (want[2] - want[0]) / pp.size, (want[3] - want[1]) / pp.size  # source px per output px
     worst = max(abs(got[0] - want[0]) / per_x, abs(got[2] - want[2]) / per_x,
                 abs(got[1] - want[1]) / per_y, abs(got[3] - want[3]) / per_y)  # fmt: skip
     assert worst == pytest.approx(p.error, abs=1e-6)
     # within half an output pixel; the single ROI of VPC's parity rules was up to 1.5 source pixels off
-    assert p.error < allowed(width, height, PP)
+    assert p.error < allowed(width, height, pp)
 
 
-@pytest.mark.parametrize(("size", "resize"), [(224, 256), (224, 224), (32, 36), (320, 320)])
-@pytest.mark.parametrize(("width", "height"), [(500, 375), (375, 500), (4000, 3000), (33, 97), (8192, 40), (257, 255)])
+@pytest.mark.parametrize(("size", "resize"), [(224, 256), (224, 224), (32, 36), (320, 320), (384, 438)])
+@pytest.mark.parametrize(
+    ("width", "height"), [(500, 375), (375, 500), (4000, 3000), (33, 97), (8192, 40), (257, 255), (44, 4902), (58, 61)]
+)
 def test_other_model_sizes(size: int, resize: int, width: int, height: int) -> None:
     pp = Preprocess(size=size, resize=resize)
     p = plan(width, height, pp)
@@ -135,6 +142,6 @@ def test_plan_pixels_match_the_cpu_crop(vpc_resize: Callable[..., np.ndarray], w
     straight = vpc_resize(picture[top : bottom + 1, left : right + 1], PP.size, PP.size)
     ours = np.abs(y.astype(np.float64) - want).mean()
     baseline = np.abs(straight.astype(np.float64) - want).mean()
-    # measured: 0.8 / 4.0 / 0.7 grey levels from the CPU path's pixels, against 11 / 20 / 23 for the
+    # measured: 0.8 / 4.0 / 0.7 grey levels from the CPU path's pixels, against 18 / 21 / 24 for the
     # straight crop (misplaced by up to a pixel and aliased: two taps at any scale)
     assert ours < baseline / 4 and ours < 5, (ours, baseline)

@@ -286,7 +286,7 @@ class DvppDecoder:
         inputs JPEGD refused (each picture description's return code says so)."""
         media, s = self.acl.media, self.session
         rois: list[int] = []
-        submitted = False
+        queued = submitted = False
         try:
             for k, i in enumerate(device):
                 info = infos[i]
@@ -300,16 +300,15 @@ class DvppDecoder:
                 ws, hs = align(info.width, 128), align(info.height, 16)
                 out_ptr = self._buffer(slot, "out", ws * hs * 3 // 2)
                 self._describe(slot.jpeg_desc, out_ptr, slot.out_cap, w, h, ws, hs)
-                s.check(
-                    "acl.media.dvpp_jpeg_decode_async",
-                    media.dvpp_jpeg_decode_async(self.channel, in_ptr, len(data), slot.jpeg_desc, self.stream),
-                )
+                ret = media.dvpp_jpeg_decode_async(self.channel, in_ptr, len(data), slot.jpeg_desc, self.stream)
+                queued = True  # from here a failure must wait for the stream before anything is freed
+                s.check("acl.media.dvpp_jpeg_decode_async", ret)
                 row = self.staging[staging] + k * self.row
                 self._submit_vpc(slot, info.width, info.height, row, rois)
             synced = self.acl.rt.synchronize_stream(self.stream)
             submitted = True
         finally:
-            if rois and not submitted:  # failed half-way: let the queued tasks finish before freeing what they read
+            if queued and not submitted:  # failed half-way: let the queued tasks finish before freeing what they use
                 self.acl.rt.synchronize_stream(self.stream)
             for roi in rois:  # read by the asynchronous calls: destroyed only now
                 media.dvpp_destroy_roi_config(roi)

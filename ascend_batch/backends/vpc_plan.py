@@ -16,7 +16,8 @@ The plan, each step one VPC crop+resize on the same stream:
    spanning a whole side 2 (mod 4) long is scaled to one pixel more than half instead.)
 2. **Main**: a ROI around the box, scaled to a canvas where the box lands on an even-aligned window
    of ``f * pp.size`` pixels (``f = 2`` when downscaling, else 1). ROI bounds, canvas size and window
-   offset are searched so that the window maps back onto the box within a small fraction of a pixel.
+   offset are searched so that the window maps back onto the box: within half an output pixel (a
+   tenth on typical photos), within one where a tiny image is scaled up over 4x.
 3. **Final**: that window, scaled by ``1/f`` into the model-size output (2:1 again: a box filter).
 
 Pure integer geometry, no pyACL: :func:`plan` is tested on its own.
@@ -34,7 +35,8 @@ from ..preprocess import Preprocess
 
 VPC_MAX_OUT = 4096  # the widest/highest VPC output
 VPC_MAX_SCALE = 16  # and its scale limits: 1/32..16 (kept to 1/16..16 here)
-_STARTS, _ENDS = 16, 128  # candidate ROI starts and ends per axis in the main step
+SEARCH = (16, 128)  # candidate ROI starts and ends per axis in the main step ...
+WIDE_SEARCH = (256, 256)  # ... and where that leaves the crop over a quarter of an output pixel off
 _MARGIN = 32  # pixels kept around the box by a halving, so that the main step has room to search
 
 
@@ -124,20 +126,20 @@ def _halve(n: int, a: float, b: float, margin: int) -> tuple[Axis, float, float]
     return Axis(first, end - 1, out), (a - first) / per, (b - first) / per
 
 
-def _main(n: int, a: float, b: float, window: int) -> tuple[Axis, int, float]:
+def _main(n: int, a: float, b: float, window: int, search: tuple[int, int]) -> tuple[Axis, int, float]:
     """The main step on one axis: ROI, canvas length and even window offset such that the canvas'
     ``[offset, offset + window)`` maps back onto ``[a, b)``; returns the worst edge error too. The
     candidates (ROI starts left of the box, ROI ends right of it, canvas and offset rounded both
     ways) are scored at once with numpy."""
     scale = window / (b - a)
-    starts = _even_floor(min(a, n - 2)) - 2 * np.arange(_STARTS)
-    ends = _even_ceil(b) + 2 * np.arange(_ENDS)
+    starts = _even_floor(min(a, n - 2)) - 2 * np.arange(search[0])
+    ends = _even_ceil(b) + 2 * np.arange(search[1])
     grid = np.meshgrid(starts[starts >= 0], ends[ends <= n], indexing="ij")
     first, end = grid[0].ravel(), grid[1].ravel()
     span = end - first
     best: tuple[float, int, int, int, int] | None = None
-    for round_canvas in (np.floor, np.ceil):
-        canvas = (round_canvas(span * scale / 2) * 2).astype(np.int64)
+    for canvas_step in (-2, -1, 0, 1):  # even canvas lengths around span * scale
+        canvas = ((np.floor(span * scale / 2) + canvas_step) * 2).astype(np.int64)
         per = span / np.maximum(canvas, 1)
         for round_offset in (np.floor, np.ceil):
             offset = (round_offset((a - first) / per / 2) * 2).astype(np.int64)
@@ -176,13 +178,16 @@ def plan(width: int, height: int, pp: Preprocess) -> Plan:
         steps.append(VpcStep(ax, ay))
         n_x, n_y, scale = ax.out, ay.out, scale * 2
     best: tuple[float, VpcStep, VpcStep] | None = None
-    for factor in (2,) if scale < 1 else (1, 2):  # upscaling: straight, unless 2x lands the box closer
-        window = factor * size
-        mx, off_x, err_x = _main(n_x, x0, x1, window)
-        my, off_y, err_y = _main(n_y, y0, y1, window)
-        error = max(err_x / (x1 - x0), err_y / (y1 - y0)) * size  # in output pixels
-        final = VpcStep(Axis(off_x, off_x + window - 1, size), Axis(off_y, off_y + window - 1, size))
-        if best is None or error < best[0] - 0.05:
-            best = (error, VpcStep(mx, my), final)
+    for search in (SEARCH, WIDE_SEARCH):
+        for factor in (2,) if scale < 1 else (1, 2):  # upscaling: straight, unless 2x lands the box closer
+            window = factor * size
+            mx, off_x, err_x = _main(n_x, x0, x1, window, search)
+            my, off_y, err_y = _main(n_y, y0, y1, window, search)
+            error = max(err_x / (x1 - x0), err_y / (y1 - y0)) * size  # in output pixels
+            final = VpcStep(Axis(off_x, off_x + window - 1, size), Axis(off_y, off_y + window - 1, size))
+            if best is None or error < best[0] - 0.05:
+                best = (error, VpcStep(mx, my), final)
+        if best is not None and best[0] <= 0.25:
+            break
     assert best is not None
     return Plan((*steps, best[1], best[2]), best[0])
