@@ -355,3 +355,19 @@ def test_the_network_check_catches_a_page_that_fetches(tmp_path: Path) -> None:
     assert page_requests(tmp_path / "net.json") == ["http://example.invalid/x.png"] or any(
         "example.invalid" in u for u in page_requests(tmp_path / "net.json")
     )
+
+
+def test_thumbnails_keep_the_jobs_own_pixel_limit(tmp_path: Path) -> None:
+    # dataset.max_pixels is recorded in _job.json: the report decodes nothing the job refused to
+    images = tmp_path / "images"
+    make_images(images, 3)
+    manifest = tiny_manifest(tmp_path, images, extra_dataset="max_pixels = 100")
+    r = cli("run", manifest, "--max-error-fraction", "1")
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "out"
+    r = cli("report", out, "--json")
+    assert r.returncode == 0, r.stderr
+    data = json.loads((out / "_report.json").read_text("utf-8"))
+    refused = data["thumbnails"]["refused"]
+    assert data["thumbnails"]["shown"] == 0 and len(refused) == 3
+    assert all("limit of 100" in why for why in refused.values()), refused

@@ -130,9 +130,23 @@ def build_report(
         unit_size = int(meta.get("unit_size") or 0)
         if unit_size > 0:
             report.thumbs, report.refused = make_thumbnails(
-                out, wanted, n_items=night.n_items, unit_size=unit_size, limit=thumbnails
+                out, wanted, n_items=night.n_items, unit_size=unit_size, limit=thumbnails, **_job_limits(meta)
             )
     return report
+
+
+def _job_limits(meta: dict) -> dict[str, int]:
+    """The job's own ``dataset.max_pixels`` / ``max_member_bytes``, as ``_job.json`` records them (a job
+    written before they were recorded gets the defaults): a thumbnail never reads more than the job did."""
+    tables = meta.get("tables")
+    dataset = tables.get("dataset") if isinstance(tables, dict) else None
+    if not isinstance(dataset, dict):
+        return {}
+    return {
+        key: int(value)
+        for key in ("max_pixels", "max_member_bytes")
+        if isinstance(value := dataset.get(key), int) and not isinstance(value, bool) and value > 0
+    }
 
 
 def write_report(report: Report, html_path: Path | None, json_path: Path | None) -> dict:

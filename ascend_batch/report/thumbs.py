@@ -18,7 +18,7 @@ from ..errors import ImageError
 from ..plan import make_units, read_unit_items
 from ..preprocess import DEFAULT_MAX_PIXELS, FORMATS
 from ..runner.outdir import LISTING_FILE
-from ..sources import Item, ItemReader
+from ..sources import DEFAULT_MAX_MEMBER_BYTES, Item, ItemReader
 
 THUMB_PX = 96  # longest side
 MAX_THUMBS = 48  # per page, all sections together: 48 x ~4 KB keeps the page small
@@ -83,6 +83,7 @@ def make_thumbnails(
     unit_size: int,
     limit: int = MAX_THUMBS,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
 ) -> tuple[dict[str, str], dict[str, str]]:
     """Data URIs of up to ``limit`` of ``wanted`` (in order) and, for those that got none, why."""
     wanted = list(dict.fromkeys(wanted))[: max(limit, 0)]
@@ -92,7 +93,7 @@ def make_thumbnails(
         items = locate(out, wanted, n_items, unit_size)
     except (OSError, ValueError) as exc:  # no readable listing: a page without thumbnails
         return {}, {image_id: f"listing unreadable: {exc}" for image_id, _ in wanted}
-    with ItemReader() as reader:
+    with ItemReader(max_member_bytes) as reader:
         for image_id, _ in wanted:
             item = items.get(image_id)
             if item is None:
