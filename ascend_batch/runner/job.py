@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import time
 import uuid
@@ -36,6 +37,7 @@ from .outdir import (
     clean_temps,
     clear_pieces,
     committed_units,
+    lock_name,
     restart,
     set_aside_damaged,
 )
@@ -136,15 +138,27 @@ def run_job(
         raise environment_error(exc, out) from exc
 
 
+def _shares_units(a: tuple[int, int] | None, b: tuple[int, int] | None) -> bool:
+    """Whether two runs' unit sets meet: a whole-job run meets every run; shard ``k/K`` (units ``u`` with
+    ``u % K == k``) meets ``j/J`` exactly when ``k`` and ``j`` agree modulo ``gcd(K, J)``."""
+    if a is None or b is None:
+        return True
+    return (a[0] - b[0]) % math.gcd(a[1], b[1]) == 0
+
+
 def _refuse_overlap(out: Path, shard: tuple[int, int] | None) -> None:
-    """A whole-job run and shard runs of one job must not overlap (they would clear each other's pieces)."""
-    others = [h for h in held_locks(out) if (h.shard is None) != (shard is None)]
+    """No two runs of one job may work on the same units at once (they would clear each other's pieces):
+    a whole-job run and any shard run, or shard runs of different counts that share units (an array
+    resubmitted with another size while the first still runs)."""
+    mine = lock_name(shard)
+    others = [h for h in held_locks(out) if h.path.name != mine and _shares_units(h.shard, shard)]
     if others:
         h = others[0]
         what = f"shard {h.shard[0]}/{h.shard[1]}" if h.shard else "a whole-job run"
+        this = "a whole-job run" if shard is None else f"shard {shard[0]}/{shard[1]}"
         raise LockedError(
             f"{what} of this job is running in {out} (pid {h.pid} on host {h.host}); "
-            f"{'a whole-job run' if shard is None else 'a shard run'} would overlap it: wait for it to finish"
+            f"{this} would work on the same units: wait for it to finish"
         )
 
 
