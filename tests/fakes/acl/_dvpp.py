@@ -13,8 +13,6 @@ from typing import Any
 
 from ._codes import (
     ACL_ERROR_INVALID_PARAM,
-    ACL_ERROR_RT_INVALID_HANDLE,
-    ACL_ERROR_RT_STREAM_CONTEXT,
     JPEGD_ERR_ILLEGAL_PARAM,
     JPEGD_ERR_NOT_SUPPORT,
     JPEGD_ERR_STREAM,
@@ -123,12 +121,7 @@ def pic(handle: int, what: str = "pic desc") -> PicDesc:
 
 
 def stream_in(handle: int, ctx: Context) -> Stream:
-    s = STATE.streams.get(handle)
-    if s is None:
-        raise Fail(ACL_ERROR_RT_INVALID_HANDLE, f"stream {handle!r} is not live")
-    if s.ctx != ctx.handle:
-        raise Fail(ACL_ERROR_RT_STREAM_CONTEXT, "stream belongs to another context than the current one")
-    return s
+    return STATE.current_stream(handle, ctx)
 
 
 def dvpp_region(ptr: int, count: int, device: int, what: str) -> tuple[DevMem, int]:

@@ -15,11 +15,9 @@ from ._codes import (
     ACL_ERROR_MODEL_INPUT_NOT_MATCH,
     ACL_ERROR_MODEL_NOT_DYNAMIC,
     ACL_ERROR_MODEL_OUTPUT_NOT_MATCH,
-    ACL_ERROR_RT_INVALID_HANDLE,
     ACL_ERROR_RT_MODEL_CONTEXT,
     ACL_ERROR_RT_MODEL_EXECUTE,
     ACL_ERROR_RT_PARAM_INVALID,
-    ACL_ERROR_RT_STREAM_CONTEXT,
     ACL_SUCCESS,
     NP_OF_ACL,
 )
@@ -176,12 +174,7 @@ def execute(model_id: int, dataset_in: int, dataset_out: int) -> int:
 
 @api("mdl.execute_async")
 def execute_async(model_id: int, dataset_in: int, dataset_out: int, stream: int) -> int:
-    ctx = STATE.require_context()
-    s = STATE.streams.get(stream)
-    if s is None:
-        raise Fail(ACL_ERROR_RT_INVALID_HANDLE, f"stream {stream!r} is not live")
-    if s.ctx != ctx.handle:
-        raise Fail(ACL_ERROR_RT_STREAM_CONTEXT, "stream belongs to another context than the current one")
+    s = STATE.current_stream(stream)
     s.pending.append(_prepare(model_id, dataset_in, dataset_out))  # runs at synchronize_stream
     return ACL_SUCCESS
 

@@ -23,6 +23,8 @@ from typing import Any
 from ._codes import (
     ACL_ERROR_INTERNAL_ERROR,
     ACL_ERROR_RT_CONTEXT_NULL,
+    ACL_ERROR_RT_INVALID_HANDLE,
+    ACL_ERROR_RT_STREAM_CONTEXT,
     ACL_ERROR_UNINITIALIZE,
     ACL_SUCCESS,
     INJECTED_CODES,
@@ -193,6 +195,16 @@ class State:
                 "no current context in this thread (set_device/create_context first)",
             )
         return ctx
+
+    def current_stream(self, handle: int, ctx: Context | None = None) -> Stream:
+        """The live stream ``handle`` of the current context (or of ``ctx``)."""
+        ctx = ctx or self.require_context()
+        s = self.streams.get(handle)
+        if s is None:
+            raise Fail(ACL_ERROR_RT_INVALID_HANDLE, f"stream {handle!r} is not live")
+        if s.ctx != ctx.handle:
+            raise Fail(ACL_ERROR_RT_STREAM_CONTEXT, "stream belongs to another context than the current one")
+        return s
 
     # -- failure injection --
     def injected_code(self, name: str, device: int | None) -> int | None:

@@ -16,7 +16,6 @@ from ._codes import (
     ACL_ERROR_RT_INVALID_DEVICEID,
     ACL_ERROR_RT_INVALID_HANDLE,
     ACL_ERROR_RT_PARAM_INVALID,
-    ACL_ERROR_RT_STREAM_CONTEXT,
     ACL_HOST,
     ACL_MEMCPY_DEVICE_TO_DEVICE,
     ACL_MEMCPY_DEVICE_TO_HOST,
@@ -165,24 +164,14 @@ def create_stream() -> tuple[int, int]:
 
 @api("rt.destroy_stream")
 def destroy_stream(stream: int) -> int:
-    ctx = STATE.require_context()
-    s = STATE.streams.get(stream)
-    if s is None:
-        raise Fail(ACL_ERROR_RT_INVALID_HANDLE, f"stream {stream!r} is not live")
-    if s.ctx != ctx.handle:
-        raise Fail(ACL_ERROR_RT_STREAM_CONTEXT, "stream belongs to another context than the current one")
+    STATE.current_stream(stream)  # live, and in the current context
     del STATE.streams[stream]
     return ACL_SUCCESS
 
 
 @api("rt.synchronize_stream")
 def synchronize_stream(stream: int) -> int:
-    ctx = STATE.require_context()
-    s = STATE.streams.get(stream)
-    if s is None:
-        raise Fail(ACL_ERROR_RT_INVALID_HANDLE, f"stream {stream!r} is not live")
-    if s.ctx != ctx.handle:
-        raise Fail(ACL_ERROR_RT_STREAM_CONTEXT, "stream belongs to another context than the current one")
+    s = STATE.current_stream(stream)
     pending, s.pending = s.pending, []
     delay = float(os.environ.get("ACL_FAKE_SYNC_DELAY", "0") or 0)  # device time per sync (tests that race it)
     if delay and pending:
