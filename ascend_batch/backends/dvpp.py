@@ -1,21 +1,23 @@
 """DVPP decode for AIPP models on the acl backend: the device decode stage of :class:`~.acl.AclSession`.
 
 Per batch: each JPEG that JPEGD can take (decided from its header, :func:`dvpp_refusal`) is copied into
-DVPP memory and decoded asynchronously (JPEGD, NV12), then VPC takes the centred region that the CPU
-path's resize-then-crop maps from to the model's input size, in the steps :mod:`.vpc_plan` plans (exact
-halvings, a crop onto an even-aligned window of twice the size, a last halving), the last one straight
-into one row of a DVPP staging buffer; one ``synchronize_stream`` waits for the whole batch. Meanwhile the worker's CPU
-decode threads take the other files (progressive, CMYK, 12-bit, EXIF-rotated, too small or large,
-not JPEG), whose RGB crops are converted to NV12 on the host (:func:`rgb_to_nv12`) and copied into
-their rows, so the model sees the same input either way. A file JPEGD rejects at run time (its picture
-description's return code) goes the CPU way too; it is an error row only if the CPU fails as well.
+DVPP memory and decoded asynchronously (JPEGD, NV12). VPC then brings the centred region that the CPU
+path's resize-then-crop maps from to the model's input size, in the steps :mod:`.vpc_plan` plans
+(exact halvings, a crop onto an even-aligned window of twice the size, a last halving), the last one
+straight into one row of a DVPP staging buffer; one ``synchronize_stream`` waits for the whole batch.
+Meanwhile the worker's CPU decode threads take the other files (progressive, CMYK, 12-bit,
+EXIF-rotated, too small or large, not JPEG), whose RGB crops are converted to NV12 on the host
+(:func:`rgb_to_nv12`) and copied into their rows, so the model sees the same input either way. A file
+JPEGD rejects at run time (its picture description's return code) goes the CPU way too; it is an
+error row only if the CPU fails as well.
 
-Everything is made once per session and reused: the channel, a DVPP stream, a bilinear resize config,
-per batch slot a JPEGD output description, one per intermediate VPC picture and one for its staging row,
-input, decode and two intermediate buffers per slot (grown when a larger image comes), and two staging
-buffers (a batch decodes into one while the previous one
-is copied into the model). :meth:`DvppDecoder.close` releases them in reverse order; the session calls
-it before its own resources, also after a failure mid-batch.
+Everything is made once per session and reused: the channel, a DVPP stream, a bilinear resize config;
+per batch slot a JPEGD output description, one description per intermediate VPC picture and one for
+its staging row, and input, decode and two intermediate buffers (grown when a larger image comes);
+and two staging buffers (a batch decodes into one while the previous one is copied into the model).
+:meth:`DvppDecoder.close` releases them in reverse order; the session calls it before its own
+resources, also after a failure mid-batch. A failure after anything was queued waits for the stream
+before anything is freed.
 """
 
 from __future__ import annotations
