@@ -287,6 +287,16 @@ def decode_pixels(data: bytes, pp: Preprocess, max_pixels: int = DEFAULT_MAX_PIX
     return Pixels(arr, width, height)
 
 
+def resize_crop_geometry(width: int, height: int, pp: Preprocess) -> tuple[int, int, int, int]:
+    """``(new_w, new_h, left, top)``: a ``width`` x ``height`` image's short side resized to ``pp.resize``
+    (Python ``round``, never below ``pp.size``) and the ``pp.size`` centre crop's corner. The one
+    geometry of the CPU path, which the device decoders (GPU, DVPP) reproduce."""
+    short = min(width, height)
+    new_w = max(pp.size, round(width * pp.resize / short))
+    new_h = max(pp.size, round(height * pp.resize / short))
+    return new_w, new_h, (new_w - pp.size) // 2, (new_h - pp.size) // 2
+
+
 def _resize_crop(img: Image.Image, pp: Preprocess, width: int, height: int) -> Image.Image:
     """Resize so the short side is ``pp.resize``, then take the centre ``pp.size`` square, in one
     resampling pass over just that region (the same pixels as resize-then-crop, about twice as
@@ -294,11 +304,7 @@ def _resize_crop(img: Image.Image, pp: Preprocess, width: int, height: int) -> I
     (smaller) image gives the same result; Image.crop is avoided because it checks the crop against
     Pillow's process-wide pixel limit."""
     w, h = img.size
-    short = min(width, height)
-    new_w = max(pp.size, round(width * pp.resize / short))
-    new_h = max(pp.size, round(height * pp.resize / short))
-    left = (new_w - pp.size) // 2
-    top = (new_h - pp.size) // 2
+    new_w, new_h, left, top = resize_crop_geometry(width, height, pp)
     sx, sy = w / new_w, h / new_h
     box = (left * sx, top * sy, (left + pp.size) * sx, (top + pp.size) * sy)
     return img.resize((pp.size, pp.size), RESAMPLE[pp.interpolation], box=box, reducing_gap=None)

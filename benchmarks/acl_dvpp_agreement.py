@@ -99,7 +99,7 @@ def self_agreement(images: Path, work: Path) -> dict[str, float]:
     import onnxruntime as ort
     from PIL import Image
 
-    from ascend_batch.preprocess import Preprocess, decode_pixels, normalise
+    from ascend_batch.preprocess import Preprocess, decode_pixels, normalise, resize_crop_geometry
 
     pp = Preprocess(size=224, resize=256, mean=(127.0,) * 3, std=(128.0,) * 3)
     sess = ort.InferenceSession(str(work / "lite0.onnx"), providers=["CPUExecutionProvider"])
@@ -108,12 +108,10 @@ def self_agreement(images: Path, work: Path) -> dict[str, float]:
     def variant(data: bytes, shift: float, resample: Image.Resampling) -> np.ndarray:
         img = Image.open(io.BytesIO(data)).convert("RGB")
         w, h = img.size
-        short = min(w, h)
-        nw, nh = max(224, round(w * 256 / short)), max(224, round(h * 256 / short))
+        nw, nh, left, top = resize_crop_geometry(w, h, pp)
         sx, sy = w / nw, h / nh
-        left, top = (nw - 224) // 2, (nh - 224) // 2
-        box = (left * sx + shift, top * sy, (left + 224) * sx + shift, (top + 224) * sy)
-        return normalise(np.asarray(img.resize((224, 224), resample, box=box, reducing_gap=None)), pp)
+        box = (left * sx + shift, top * sy, (left + pp.size) * sx + shift, (top + pp.size) * sy)
+        return normalise(np.asarray(img.resize((pp.size, pp.size), resample, box=box, reducing_gap=None)), pp)
 
     files = sorted(p for p in images.rglob("*") if p.is_file() and p.suffix.lower() in (".jpeg", ".jpg"))
     batches: dict[str, list[np.ndarray]] = {"ref": [], "shift": [], "bicubic": []}

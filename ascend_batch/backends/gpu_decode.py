@@ -12,7 +12,7 @@ What the measurements in ``notes/gpu-decode.md`` ask for, and where it is done h
   (``disabled`` says why), and if the failure left the CUDA context broken, :class:`GpuDecodeFatal` is
   raised so the worker exits and the supervisor replaces it (never retried in the same process).
 
-The geometry and rounding copy ``preprocess._resize_crop``: short side to ``pp.resize`` (Python
+The geometry is the CPU path's (``preprocess.resize_crop_geometry``): short side to ``pp.resize`` (Python
 ``round``), centre crop ``pp.size``, 8-bit rounding after the resize, then ``(x - mean) / std``. Bilinear
 and bicubic use ``antialias=True``, torch's port of Pillow's filters; ``nearest`` uses ``nearest-exact``;
 ``lanczos`` has no GPU equivalent (:func:`supports` is false). Large JPEGs differ slightly from the CPU
@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import BackendError, ImageError
-from ..preprocess import DEFAULT_MAX_PIXELS, Decoded, Preprocess, decode
+from ..preprocess import DEFAULT_MAX_PIXELS, Decoded, Preprocess, decode, resize_crop_geometry
 from .jpeg_sniff import GPU_MAX_PIXELS, JpegInfo, gpu_refusal, sniff_jpeg
 from .prefetch import prefetched
 
@@ -46,7 +46,6 @@ __all__ = [
     "JpegInfo",
     "available",
     "cpu_decoder",
-    "geometry",
     "gpu_refusal",
     "prefetched",
     "resize_crop_normalise",
@@ -73,14 +72,6 @@ def supports(pp: Preprocess) -> bool:
     return pp.interpolation in _INTERPOLATION
 
 
-def geometry(width: int, height: int, pp: Preprocess) -> tuple[int, int, int, int]:
-    """``(new_w, new_h, left, top)``: the resize and centre crop of ``preprocess._resize_crop``."""
-    short = min(width, height)
-    new_w = max(pp.size, round(width * pp.resize / short))
-    new_h = max(pp.size, round(height * pp.resize / short))
-    return new_w, new_h, (new_w - pp.size) // 2, (new_h - pp.size) // 2
-
-
 def resize_crop_normalise(
     img: torch.Tensor, pp: Preprocess, mean_std: tuple[torch.Tensor, torch.Tensor] | None = None
 ) -> torch.Tensor:
@@ -88,7 +79,7 @@ def resize_crop_normalise(
     dtype, as the CPU path makes it. ``mean_std``: ``(3, 1, 1)`` float32 tensors on the image's device
     (made per call when not given)."""
     _, h, w = img.shape
-    new_w, new_h, left, top = geometry(w, h, pp)
+    new_w, new_h, left, top = resize_crop_geometry(w, h, pp)
     x = img.unsqueeze(0)
     if (new_w, new_h) != (w, h):
         mode = _INTERPOLATION[pp.interpolation]

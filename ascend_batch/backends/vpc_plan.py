@@ -5,8 +5,8 @@ antialiased filter and keeps the centre ``pp.size`` square: output pixel ``j`` c
 fractional source box. VPC only takes integer ROIs whose left/top are even and right/bottom odd, and
 its bilinear filter (interpolation 1, OpenCV's ``INTER_LINEAR``) samples two taps whatever the scale,
 so one crop+resize straight to the model size misplaces the crop by up to a pixel and a half and
-aliases fine texture. Measured on 500 ImageNet photos through the emulator (``docs/acl-dvpp-api.md``):
-26 dB PSNR against the CPU path's pixels, against 37 dB for this plan.
+aliases fine texture (``tests/test_vpc_plan.py`` compares both with the CPU path's pixels; the figures
+are in ``docs/backends.md``).
 
 The plan, each step one VPC crop+resize on the same stream:
 
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..preprocess import Preprocess
+from ..preprocess import Preprocess, resize_crop_geometry
 
 VPC_MAX_OUT = 4096  # the widest/highest VPC output
 VPC_MAX_SCALE = 16  # and its scale limits: 1/32..16 (kept to 1/16..16 here)
@@ -73,16 +73,6 @@ class Plan:
     steps: tuple[VpcStep, ...]
     error: float  # the largest distance, in output pixels, between the crop's edges and the CPU path's
 
-    @property
-    def canvas(self) -> int:
-        """Bytes of the largest intermediate picture (NV12, the width stride aligned to 16)."""
-        sizes = [(_align(s.x.out, 16) * s.y.out * 3 // 2) for s in self.steps[:-1]]
-        return max(sizes, default=0)
-
-
-def _align(value: int, to: int) -> int:
-    return (value + to - 1) // to * to
-
 
 def _even_floor(v: float) -> int:
     return math.floor(v / 2) * 2
@@ -95,11 +85,8 @@ def _even_ceil(v: float) -> int:
 def cpu_box(width: int, height: int, pp: Preprocess) -> tuple[float, float, float, float]:
     """``(x0, y0, x1, y1)``: the source box the CPU path's centre crop is resampled from (as
     ``preprocess._resize_crop`` computes it)."""
-    short = min(width, height)
-    new_w = max(pp.size, round(width * pp.resize / short))
-    new_h = max(pp.size, round(height * pp.resize / short))
+    new_w, new_h, left, top = resize_crop_geometry(width, height, pp)
     sx, sy = width / new_w, height / new_h
-    left, top = (new_w - pp.size) // 2, (new_h - pp.size) // 2
     return left * sx, top * sy, (left + pp.size) * sx, (top + pp.size) * sy
 
 
