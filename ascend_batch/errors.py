@@ -102,6 +102,11 @@ class EnvironmentFailure(AscendBatchError):
     exit_code = EXIT_ENVIRONMENT
 
 
+class DecodeOutOfMemory(MemoryError):
+    """Decoding an image ran out of memory: the machine's failure (exit 8), never the image's row.
+    The message names the image and the settings that bound decode memory."""
+
+
 class DeviceFailure(StartupError):
     """The runtime failed on every batch whatever the images; no image was blamed."""
 

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import ImageError
+from .image_checks import check_container
 
 DEFAULT_MAX_PIXELS = 178_956_970  # per image (dataset.max_pixels); the value at which Pillow itself refuses
 
@@ -136,7 +137,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     configured limit), so the per-call limit alone decides and no global state is touched."""
     if not data:
         raise ImageError("empty", "file has zero bytes")
-    _check_declared_length(data)
+    check_container(data, max_pixels)
     prefix = data[:16]
     fp = io.BytesIO(data)
     img: Image.Image | None = None
@@ -158,6 +159,8 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
                 break
     except Image.DecompressionBombError as exc:
         raise ImageError("too-large", str(exc)) from None
+    except MemoryError:
+        raise  # the machine's failure, not the image's (exit 8)
     except Exception as exc:
         raise ImageError("decode", _message(exc)) from None
     if img is None:
@@ -171,17 +174,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     return img
 
 
-def _check_declared_length(data: bytes) -> None:
-    # WebP (RIFF) declares its length; its decoder only says "could not create decoder object"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        declared = int.from_bytes(data[4:8], "little") + 8
-        if len(data) < declared:
-            raise ImageError("decode", f"image file is truncated (WebP declares {declared} bytes, has {len(data)})")
-
-
 def _message(exc: BaseException) -> str:
-    if isinstance(exc, MemoryError):
-        return "out of memory"
     text = str(exc) or type(exc).__name__
     if "truncated" in text.lower() and not text.startswith("image file is truncated"):
         text = f"image file is truncated ({text})"
@@ -255,7 +248,8 @@ def decode_pixels(data: bytes, pp: Preprocess, max_pixels: int = DEFAULT_MAX_PIX
     """Decode ``data``, orient, convert to RGB, resize and centre-crop it for ``pp``. Raises
     :class:`ImageError` only: ``empty``, ``format`` (not an image, or a format outside
     :data:`FORMATS`), ``too-large`` (more than ``max_pixels`` pixels) or ``decode`` (damaged data,
-    e.g. a truncated file). Multi-frame images (GIF, APNG, TIFF, MPO) use their first frame."""
+    e.g. a truncated file); and MemoryError when the machine runs out (never an image's row).
+    Multi-frame images (GIF, APNG, TIFF, MPO) use their first frame."""
     img = _open(data, max_pixels)
     try:
         orig_w, orig_h = img.size
@@ -278,6 +272,8 @@ def decode_pixels(data: bytes, pp: Preprocess, max_pixels: int = DEFAULT_MAX_PIX
         raise
     except Image.DecompressionBombError as exc:  # a plugin's own check on a frame or tile
         raise ImageError("too-large", str(exc)) from None
+    except MemoryError:
+        raise  # the machine's failure, not the image's (exit 8)
     except Exception as exc:
         raise ImageError("decode", _message(exc)) from None
     finally:

@@ -15,14 +15,14 @@ import collections
 import concurrent.futures as cf
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ..backends.base import Session
 from ..backends.prefetch import prefetched
-from ..errors import ImageError
+from ..errors import DecodeOutOfMemory, ImageError
 from ..preprocess import Decoded, Pixels, Preprocess, decode, decode_pixels, normalise_into
 from ..sources import Item, ItemReader
 from .messages import TaskStats
@@ -63,36 +63,102 @@ class Stop(Exception):
     """Raised between batches when the worker was asked to stop: the task is dropped uncommitted."""
 
 
+@dataclass(eq=False)
+class DecodeTask:
+    """One decode submitted to a :class:`DecodePool`: its future, and when a thread started it."""
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    fut: cf.Future = field(default_factory=cf.Future)
+    started: float | None = None  # time.monotonic() when a thread began it; None while queued
+
+    def run(self) -> Any:
+        self.started = time.monotonic()
+        return self.fn(*self.args)
+
+
 class DecodePool:
-    """A thread pool that can be replaced when a decode hangs past its time limit."""
+    """A thread pool whose decodes are each limited to ``timeout`` seconds of their own running
+    time, not of time spent queued behind other decodes. A decode past its limit is abandoned with
+    its thread: the pool is replaced, and the decodes still queued move to the fresh pool, so no
+    image waits behind a stuck one or is blamed for it. One thread submits and collects."""
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
         self.pool = cf.ThreadPoolExecutor(workers, thread_name_prefix="decode")
+        self._queued: list[DecodeTask] = []  # submitted and not collected: moved on a replace
 
-    def submit(self, fn: Any, *args: Any) -> cf.Future:
-        return self.pool.submit(fn, *args)
+    def submit(self, fn: Callable[..., Any], *args: Any) -> DecodeTask:
+        task = DecodeTask(fn, args)
+        task.fut = self.pool.submit(task.run)
+        self._queued.append(task)
+        return task
+
+    def result(self, task: DecodeTask, timeout: float) -> Any:
+        """``task``'s result (or the exception it raised), waiting at most ``timeout`` seconds from
+        the moment it started running. Raises ``concurrent.futures.TimeoutError`` past that, after
+        replacing the pool."""
+        try:
+            while True:
+                started = task.started
+                wait = timeout if started is None else started + timeout - time.monotonic()
+                if started is not None and wait <= 0 and not task.fut.done():
+                    self.replace()
+                    raise cf.TimeoutError
+                try:  # queued: it starts as soon as a thread is free, and each of those is limited too
+                    return task.fut.result(timeout=max(wait, 0.0))
+                except cf.TimeoutError:
+                    continue
+        finally:
+            if task in self._queued:
+                self._queued.remove(task)
 
     def replace(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=False)
-        self.pool = cf.ThreadPoolExecutor(self.workers, thread_name_prefix="decode")
+        """Abandon the pool's threads (a stuck decode cannot be killed) and start a fresh pool; the
+        decodes that have not started move to it."""
+        old, self.pool = self.pool, cf.ThreadPoolExecutor(self.workers, thread_name_prefix="decode")
+        for task in self._queued:
+            if task.started is None and task.fut.cancel():
+                task.fut = self.pool.submit(task.run)
+        old.shutdown(wait=False, cancel_futures=False)
 
     def shutdown(self) -> None:
+        self._queued.clear()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 def timed(
     fn: Callable[[bytes, Preprocess, int], Any], data: bytes, pp: Preprocess, max_pixels: int
 ) -> tuple[Any, float]:
-    """``fn(data, pp, max_pixels)`` or the ImageError it raised, and the seconds it took."""
+    """``fn(data, pp, max_pixels)`` or the ImageError it raised, and the seconds it took. Running
+    out of memory is the machine's failure, not the image's: MemoryError propagates."""
     t0 = time.perf_counter()
     try:
         result = fn(data, pp, max_pixels)
     except ImageError as exc:
         result = exc
+    except MemoryError:
+        raise
     except Exception as exc:  # decode promises ImageError only; never let a bug kill the unit
         result = ImageError("decode", f"{type(exc).__name__}: {exc}")
     return result, time.perf_counter() - t0
+
+
+def collect_decode(pool: DecodePool, task: DecodeTask, timeout: float, image_id: str, stats: TaskStats) -> Any:
+    """The decode's result or its ImageError (``timeout`` past ``timeout`` seconds of running time).
+    Out of memory stops the task with :class:`DecodeOutOfMemory`, naming the image."""
+    try:
+        result, seconds = pool.result(task, timeout)
+    except cf.TimeoutError:
+        return ImageError("timeout", f"decoding took longer than {timeout:g} s")
+    except MemoryError as exc:
+        raise DecodeOutOfMemory(
+            f"out of memory decoding {image_id}: lower dataset.max_pixels (images over it become "
+            "'too-large' rows without being decoded), runtime.decode_workers or runtime.batch_size, "
+            "or free memory"
+        ) from exc
+    stats.seconds["decode"] += seconds
+    return result
 
 
 # -- read ----------------------------------------------------------------------------------------
@@ -124,7 +190,7 @@ def decode_cpu(
     stats: TaskStats,
 ) -> Iterator[Sample]:
     """Resized, cropped uint8 pixels for each readable sample, decoded ``window`` samples ahead."""
-    pending: collections.deque[tuple[Sample, cf.Future | None]] = collections.deque()
+    pending: collections.deque[tuple[Sample, DecodeTask | None]] = collections.deque()
     source = iter(samples)
 
     def fill() -> None:
@@ -132,20 +198,15 @@ def decode_cpu(
             s = next(source, None)
             if s is None:
                 return
-            fut = pool.submit(timed, decode_pixels, s.data, pp, max_pixels) if s.live else None
-            pending.append((s, fut))
+            task = pool.submit(timed, decode_pixels, s.data, pp, max_pixels) if s.live else None
+            pending.append((s, task))
 
     fill()
     while pending:
-        sample, fut = pending.popleft()
-        if fut is not None:
+        sample, task = pending.popleft()
+        if task is not None:
             t0 = time.perf_counter()
-            try:
-                result, seconds = fut.result(timeout=timeout)
-                stats.seconds["decode"] += seconds
-            except cf.TimeoutError:
-                result = ImageError("timeout", f"decoding took longer than {timeout:g} s")
-                pool.replace()  # the stuck thread is abandoned; the rest go on in a fresh pool
+            result = collect_decode(pool, task, timeout, sample.image_id, stats)
             stats.seconds["wait_decode"] += time.perf_counter() - t0
             if isinstance(result, ImageError):
                 sample.fail(result, stats)
@@ -270,17 +331,8 @@ def decode_on_device(
     the CPU pool; a file neither can decode becomes that sample's error."""
 
     def cpu_decode(datas: list[bytes]) -> list[Decoded | ImageError]:
-        futures = [pool.submit(timed, decode, d, pp, max_pixels) for d in datas]
-        results: list[Decoded | ImageError] = []
-        for fut in futures:
-            try:
-                result, seconds = fut.result(timeout=timeout)
-                stats.seconds["decode"] += seconds
-            except cf.TimeoutError:
-                result = ImageError("timeout", f"decoding took longer than {timeout:g} s")
-                pool.replace()  # the stuck thread is abandoned; the rest go on in a fresh pool
-            results.append(result)
-        return results
+        tasks = [pool.submit(timed, decode, d, pp, max_pixels) for d in datas]
+        return [collect_decode(pool, task, timeout, "an image the device could not take", stats) for task in tasks]
 
     def keyed() -> Iterator[tuple[list[Sample], list[bytes]]]:
         for group in groups:

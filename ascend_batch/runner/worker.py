@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from ..backends.base import Backend, DeviceDecoder, Session, get_backend
-from ..errors import AscendBatchError
+from ..errors import AscendBatchError, DecodeOutOfMemory
 from ..plan import read_unit_items
 from ..pyarrow_lean import skip_pandas_check
 from ..sources import ItemReader
@@ -230,6 +230,8 @@ class SessionOpener:
 
 def failure_cause(exc: BaseException) -> tuple[Cause, str]:
     """Why a task raised, in words that name the cause (never an image's fault: those are rows)."""
+    if isinstance(exc, DecodeOutOfMemory):
+        return Cause.ENVIRONMENT, str(exc)
     if isinstance(exc, MemoryError):
         return (
             Cause.ENVIRONMENT,
