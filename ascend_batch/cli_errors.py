@@ -9,11 +9,13 @@
   not a job's output) is blamed on that path, named by its option or argument: exit 2 (4 for an
   output directory argument that is missing or not an ascend-batch output, as ``finalize`` says). A user's mistake never
   shows a traceback.
+- The machine failing (disk full, read-only file system, out of memory) is exit 8, naming the path.
 - Anything else is a bug: its traceback, ``internal error``, exit 1.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import traceback
 from pathlib import Path
@@ -54,6 +56,9 @@ def explain(exc: BaseException) -> tuple[int, list[str]]:
     blamed = _blame_command_line(exc)
     if blamed is not None:
         return blamed
+    machine = _machine_failure(exc)
+    if machine is not None:
+        return EXIT_ENVIRONMENT, [machine]
     return EXIT_INTERNAL, [f"internal error: {type(exc).__name__}: {exc} (please report this with the traceback)"]
 
 
@@ -67,6 +72,25 @@ def fail(exc: BaseException) -> NoReturn:
     for line in lines:
         typer.echo(line if code == EXIT_INTERNAL else f"error: {line}", err=True)
     raise typer.Exit(code)
+
+
+# errors of the machine (disk full, read-only, no memory or descriptors left), whichever command
+# meets them: exit 8 with the path, never a traceback
+_MACHINE_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in ("ENOSPC", "EDQUOT", "EROFS", "EFBIG", "ENOMEM", "EMFILE", "ENFILE", "ESTALE", "ENOTCONN", "EIO")
+    if hasattr(errno, name)
+)
+
+
+def _machine_failure(exc: BaseException) -> str | None:
+    """The message of an environment failure (exit 8) that no command turned into one, or None."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "ArrowMemoryError":
+        return f"out of memory ({type(exc).__name__}: {exc}); free memory or raise this process's limit"
+    if isinstance(exc, OSError) and exc.errno in _MACHINE_ERRNOS:
+        where = f": {os.fsdecode(exc.filename)}" if exc.filename is not None else ""
+        return f"{os.strerror(exc.errno or 0)}{where}; nothing was lost: rerun once it is fixed"
+    return None
 
 
 # -- blaming a path given on the command line -------------------------------------------------------

@@ -35,11 +35,11 @@ from .incremental import skip_existing
 from .manifest import Manifest
 from .models.resolve import resolve_model
 from .models.spec import ModelSpec
-from .plan import Unit, make_units, read_snapshot, shard_units
+from .plan import Unit, make_units, shard_units
 from .runner.job import environment_error
 
 # the comparison prepare() makes: one definition, not a copy
-from .runner.jobdir import check_same_job, job_identity, read_job, refuse_foreign
+from .runner.jobdir import check_same_job, job_identity, load_snapshot, read_job, refuse_foreign
 from .runner.lock import held_locks
 from .runner.outdir import JOB_FILE, LISTING_FILE, SUCCESS_FILE, committed_units, foreign_entries, lock_name
 from .sources import Item, has_magic, list_items
@@ -244,7 +244,7 @@ def _job_listing(
                     f"{listing} is missing; the results cannot be resumed: rerun with --restart"
                 )
         if listing.exists():
-            snapshot = read_snapshot(listing)
+            snapshot = load_snapshot(listing)
             if meta is not None and snapshot.digest != meta.get("listing"):
                 raise IncompatibleOutputError(f"{listing} does not match {out / JOB_FILE}; rerun with --restart")
             return snapshot.units, snapshot.n_items, True, 0

@@ -118,3 +118,32 @@ class PoisonDecodeBackend(OnnxBackend):
     def open(self, device, model, *, batch_size, threads):  # type: ignore[no-untyped-def]
         time.sleep(1.5)
         return OnnxSession(device, model, batch_size=batch_size, threads=threads)
+
+
+class _ArenaFull:
+    """An onnxruntime session whose every run fails the way its memory arena does when the machine
+    has no memory left for a batch."""
+
+    def __init__(self, sess) -> None:  # type: ignore[no-untyped-def]
+        self._sess = sess
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self._sess, name)
+
+    def run(self, *args, **kw):  # type: ignore[no-untyped-def]
+        raise RuntimeError(
+            "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned while running Conv node. "
+            "Name:'conv' Status Message: BFCArena::AllocateRawInternal Failed to allocate memory for requested "
+            "buffer of size 1073741824"
+        )
+
+
+class ArenaFullBackend(OnnxBackend):
+    """onnxruntime on a machine whose memory is exhausted: every inference fails to allocate."""
+
+    name = "arena-full"
+
+    def open(self, device, model, *, batch_size, threads):  # type: ignore[no-untyped-def]
+        session = OnnxSession(device, model, batch_size=batch_size, threads=threads)
+        session._sess = _ArenaFull(session._sess)
+        return session

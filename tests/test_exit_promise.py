@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -182,6 +183,16 @@ def test_batch_that_cannot_be_allocated_is_out_of_memory_not_images(tmp_path: Pa
     m.write_text(m.read_text().replace(f"batch_size = {10**9}", "batch_size = 4"))
     assert run(m).returncode == EXIT_OK
     assert (rows(out)["status"] == "ok").all()
+
+
+def test_a_runtime_that_cannot_allocate_memory_is_out_of_memory_not_a_device_failure(tmp_path: Path) -> None:
+    make_images(tmp_path / "imgs", 6, seed=17)
+    m = tiny_manifest(tmp_path, tmp_path / "imgs")
+    use_test_backend(m, "ArenaFullBackend")
+    r = run(m)
+    assert r.returncode == EXIT_ENVIRONMENT, r.stderr
+    assert "out of memory" in r.stderr and "Failed to allocate memory" in r.stderr
+    assert not list((tmp_path / "out").glob("part-*.parquet"))  # no image blamed
 
 
 @contextlib.contextmanager
@@ -425,3 +436,90 @@ def test_overlapping_pieces_merge_each_image_once(tmp_path: Path) -> None:
     piece(0, 2)  # a gap is never merged
     with pytest.raises(ValueError, match="cover"):
         merge_pieces(tmp_path, Unit(0, 0, 6))
+
+
+# -- 5. what readers of the output would see is what was verified ------------------------------
+
+
+@pytest.mark.parametrize("stray", ["part-000009.parquet", "part-000001-copy.parquet", "extra.parquet", "notes.txt"])
+def test_a_file_that_is_not_one_of_the_jobs_parts_is_refused_not_read_as_rows(tmp_path: Path, stray: str) -> None:
+    make_images(tmp_path / "imgs", 30, seed=12)
+    m = tiny_manifest(tmp_path, tmp_path / "imgs", unit_size=10)
+    assert run(m).returncode == EXIT_OK
+    out = tmp_path / "out"
+    (out / stray).write_bytes((out / "part-000001.parquet").read_bytes())  # pandas would read 40 rows
+    for again in (run(m), cli("finalize", out)):
+        assert again.returncode == EXIT_INCOMPATIBLE, again.stdout + again.stderr
+        assert f"holds files that are not this job's parts: {stray}" in again.stderr
+        assert not (out / "_SUCCESS").exists()  # no longer true of what a reader sees
+    (out / stray).unlink()
+    assert run(m).returncode == EXIT_OK
+    assert_exactly_once(out, [f"img{i:05d}.jpg" for i in range(30)])
+
+
+def test_a_replaced_part_without_its_commit_record_is_redone_in_the_same_run(tmp_path: Path) -> None:
+    make_images(tmp_path / "imgs", 30, seed=13)
+    m = tiny_manifest(tmp_path, tmp_path / "imgs", unit_size=10)
+    assert run(m).returncode == EXIT_OK
+    out = tmp_path / "out"
+    shutil.rmtree(out / "_commits")
+    (out / "_SUCCESS").unlink()
+    shutil.copy(out / "part-000002.parquet", out / "part-000001.parquet")  # right row count, wrong images
+    r = run(m)
+    assert r.returncode == EXIT_OK, r.stderr
+    assert "unit 1: its committed part is damaged" in r.stderr and "image ids differ" in r.stderr
+    assert_exactly_once(out, [f"img{i:05d}.jpg" for i in range(30)])
+
+
+def test_finalize_on_a_read_only_output_is_an_environment_error(tmp_path: Path) -> None:
+    make_images(tmp_path / "imgs", 20, seed=14)
+    with tmpfs(tmp_path / "disk", "8m") as disk:
+        m = tiny_manifest(tmp_path, tmp_path / "imgs", output=str(disk / "out"), unit_size=10)
+        assert run(m).returncode == EXIT_OK
+        remount(disk, "ro")
+        fin = cli("finalize", disk / "out")
+        assert fin.returncode == EXIT_ENVIRONMENT, fin.stderr
+        assert "Read-only file system" in fin.stderr and str(disk / "out") in fin.stderr
+        assert "internal error" not in fin.stderr and "Traceback" not in fin.stderr
+        remount(disk, "rw")
+
+
+def test_a_labels_file_edited_between_runs_is_another_job_not_mixed_names(tmp_path: Path) -> None:
+    make_images(tmp_path / "imgs", 20, seed=15)
+    m = tiny_manifest(tmp_path, tmp_path / "imgs", unit_size=10)
+    assert run(m).returncode == EXIT_OK
+    out = tmp_path / "out"
+    (out / "part-000001.parquet").unlink()
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"X{line}\n" for line in labels.read_text().splitlines()))
+    r = run(m)
+    assert r.returncode == EXIT_INCOMPATIBLE, r.stderr
+    assert "the class labels (model.labels): content" in r.stderr
+    assert len(rows(out)) == 10  # nothing written under the new names
+
+
+@pytest.mark.parametrize("damage", ["garbage", "a part file", "n_units"])
+def test_damaged_bookkeeping_is_exit_4_naming_the_file_and_restart_recovers(tmp_path: Path, damage: str) -> None:
+    make_images(tmp_path / "imgs", 20, seed=16)
+    m = tiny_manifest(tmp_path, tmp_path / "imgs", unit_size=10)
+    assert run(m).returncode == EXIT_OK
+    out = tmp_path / "out"
+    (out / "_SUCCESS").unlink()
+    if damage == "garbage":
+        (out / "_listing.parquet").write_bytes(os.urandom(1000))
+        named = "_listing.parquet is damaged"
+    elif damage == "a part file":
+        shutil.copy(out / "part-000000.parquet", out / "_listing.parquet")
+        named = "_listing.parquet is damaged"
+    else:
+        job = json.loads((out / "_job.json").read_text())
+        (out / "_job.json").write_text(json.dumps({**job, "n_units": "x"}))
+        named = "_job.json is damaged (n_units is 'x', not a count)"
+    for r in (run(m), cli("validate", m), cli("finalize", out)):
+        assert r.returncode == EXIT_INCOMPATIBLE, [*r.args[3:], r.stderr]
+        assert named in r.stderr and "Traceback" not in r.stderr
+    for r in (cli("status", out), cli("report", out)):  # they read _job.json, the listing only for thumbnails
+        assert r.returncode == (EXIT_INCOMPATIBLE if damage == "n_units" else EXIT_OK), [*r.args[3:], r.stderr]
+        assert "Traceback" not in r.stderr
+    assert run(m, "--restart").returncode == EXIT_OK
+    assert_exactly_once(out, [f"img{i:05d}.jpg" for i in range(20)])

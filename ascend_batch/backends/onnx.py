@@ -71,6 +71,8 @@ class OnnxSession(SessionBase):
         try:
             out = self._sess.run([self._output_name], {self._input_name: batch})[0]
         except Exception as exc:
+            if _out_of_memory(exc):  # the machine's failure (exit 8), not the runtime's or an image's
+                raise MemoryError(f"device {self.device}: onnxruntime could not allocate memory: {exc}") from exc
             raise BackendError(f"device {self.device}: onnxruntime run failed: {exc}") from exc
         return np.asarray(out[:n], dtype=np.float32).reshape(n, -1)
 
@@ -84,3 +86,11 @@ class OnnxBackend:
 
     def open(self, device: Device, model: ModelSpec, *, batch_size: int, threads: int) -> OnnxSession:
         return OnnxSession(device, model, batch_size=batch_size, threads=threads)
+
+
+# how onnxruntime says that an allocation failed (its arenas on CPU and CUDA; a C++ bad_alloc)
+_OOM_SIGNS = ("Failed to allocate memory", "bad_alloc", "CUDA out of memory", "CUDNN_STATUS_ALLOC_FAILED")
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError) or any(sign in str(exc) for sign in _OOM_SIGNS)

@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageOps
 
@@ -64,14 +65,17 @@ def locate(out: Path, wanted: Iterable[tuple[str, int]], n_items: int, unit_size
     if not by_unit:
         return {}
     units = make_units(n_items, unit_size)
-    pf = pq.ParquetFile(listing)
     found: dict[str, Item] = {}
-    for index, ids in sorted(by_unit.items()):
-        if not 0 <= index < len(units) or index >= pf.metadata.num_row_groups:
-            continue
-        for item in read_unit_items(pf, units[index]):
-            if item.id in ids:
-                found[item.id] = item
+    try:
+        pf = pq.ParquetFile(listing)
+        for index, ids in sorted(by_unit.items()):
+            if not 0 <= index < len(units) or index >= pf.metadata.num_row_groups:
+                continue
+            for item in read_unit_items(pf, units[index]):
+                if item.id in ids:
+                    found[item.id] = item
+    except (OSError, ValueError, KeyError, IndexError, pa.ArrowException):
+        pass  # a damaged or missing listing: the report goes without (more) thumbnails
     return found
 
 

@@ -34,9 +34,16 @@ from ..errors import (
     IncompleteError,
     TooManyErrors,
 )
-from ..plan import read_snapshot
-from .jobdir import read_job
-from .outdir import LISTING_FILE, RUNS_DIR, SUCCESS_FILE, SUMMARY_FILE, set_aside_damaged
+from .jobdir import load_snapshot, read_job
+from .outdir import (
+    LISTING_FILE,
+    RUNS_DIR,
+    SUCCESS_FILE,
+    SUMMARY_FILE,
+    refuse_stray_data,
+    set_aside_damaged,
+    stray_data,
+)
 from .summary import JobStatus, iso_time, job_status, summary_dict
 
 OUTCOMES = {
@@ -234,7 +241,11 @@ def finalize(out: Path, run: dict | None = None, *, max_error_fraction: float | 
         raise IncompatibleOutputError(f"{out} is not an ascend-batch output directory (no _job.json)")
     if max_error_fraction is None:
         max_error_fraction = meta.get("max_error_fraction")
-    units = read_snapshot(out / LISTING_FILE).units
+    units = load_snapshot(out / LISTING_FILE).units
+    if stray_data(out, len(units)):  # not complete while readers would see extra rows
+        with contextlib.suppress(FileNotFoundError):
+            (out / SUCCESS_FILE).unlink()
+        refuse_stray_data(out, len(units))
     damaged = set_aside_damaged(out, units, pq.ParquetFile(out / LISTING_FILE))
     result = Finalized(job_status(out), damaged, max_error_fraction)
     if run is not None:

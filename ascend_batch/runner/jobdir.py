@@ -4,10 +4,14 @@ names come from :mod:`.outdir`."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from .. import __version__
 from ..atomic import write_text
@@ -15,9 +19,9 @@ from ..errors import IncompatibleOutputError
 from ..incremental import skip_existing
 from ..manifest import Manifest
 from ..models.spec import ModelSpec
-from ..plan import Snapshot, read_snapshot, write_snapshot
+from ..plan import LISTING_SCHEMA, Snapshot, read_snapshot, write_snapshot
 from ..sources import list_items
-from .outdir import JOB_FILE, LISTING_FILE, foreign_entries
+from .outdir import JOB_FILE, LISTING_FILE, foreign_entries, refuse_stray_data
 
 
 @dataclass(frozen=True)
@@ -38,7 +42,31 @@ def read_job(out: Path) -> dict | None:
         raise IncompatibleOutputError(f"{out / JOB_FILE} is unreadable ({exc}); rerun with --restart") from None
     if not isinstance(meta, dict) or "n_units" not in meta or "n_items" not in meta:
         raise IncompatibleOutputError(f"{out / JOB_FILE} is not an ascend-batch job file; choose another job.output")
+    for key in ("n_units", "n_items"):
+        if type(meta[key]) is not int or meta[key] < 0:
+            raise IncompatibleOutputError(
+                f"{out / JOB_FILE} is damaged ({key} is {meta[key]!r}, not a count); rerun with --restart"
+            )
     return meta
+
+
+OPTIONAL_LISTING_COLUMNS = ("link",)  # added after the first release: older snapshots lack them
+
+
+def load_snapshot(listing: Path) -> Snapshot:
+    """The job's listing snapshot; exit 4 naming the file when it is missing, unreadable or not one."""
+    if not listing.exists():
+        raise IncompatibleOutputError(f"{listing} is missing; the results cannot be resumed: rerun with --restart")
+    try:
+        names = set(pq.ParquetFile(listing).schema_arrow.names)
+        missing = [n for n in LISTING_SCHEMA.names if n not in names and n not in OPTIONAL_LISTING_COLUMNS]
+        if missing:
+            raise ValueError(f"no {', '.join(missing)} column, so not a listing snapshot")
+        return read_snapshot(listing)
+    except (OSError, ValueError, KeyError, IndexError, pa.ArrowException) as exc:
+        raise IncompatibleOutputError(
+            f"{listing} is damaged ({exc}); the results cannot be resumed: rerun with --restart"
+        ) from None
 
 
 def job_identity(manifest: Manifest, model: ModelSpec) -> dict:
@@ -50,7 +78,13 @@ def job_identity(manifest: Manifest, model: ModelSpec) -> dict:
         "preprocess": model.preprocess.__dict__
         | {"mean": list(model.preprocess.mean), "std": list(model.preprocess.std)},
         "unit_size": manifest.runtime.unit_size,
+        "labels": labels_digest(model.labels),
     }
+
+
+def labels_digest(labels: tuple[str, ...]) -> str:
+    """The class names' content: a labels file edited between runs would mix names in one output."""
+    return hashlib.sha256("\n".join(labels).encode()).hexdigest()[:16]
 
 
 def result_tables(manifest: Manifest) -> dict:
@@ -120,13 +154,20 @@ def _differences(meta: dict, want: dict) -> list[str]:
                 lines.append(f"the model's {key}: {change}")
     if meta.get("unit_size") != want["unit_size"]:
         lines.append(f"runtime.unit_size: {_show(meta.get('unit_size'))} → {want['unit_size']}")
+    if not _same_labels(meta, want):
+        lines.append(f"the class labels (model.labels): content {meta.get('labels')} → {want['labels']}")
     return lines
+
+
+def _same_labels(meta: dict, want: dict) -> bool:
+    return "labels" not in meta or meta["labels"] == want["labels"]  # older outputs do not record them
 
 
 def check_same_job(out: Path, meta: dict, want: dict) -> None:
     """Refuse to resume ``out`` when its job differs from ``want`` (:func:`job_identity`): a different
-    manifest fingerprint, model file, preprocessing or unit size; the message names each changed key."""
-    if all(meta.get(k) == want[k] for k in _COMPARED):
+    manifest fingerprint, model file, preprocessing, unit size or class labels' content; the message
+    names each changed key."""
+    if all(meta.get(k) == want[k] for k in _COMPARED) and _same_labels(meta, want):
         return
     lines = _differences(meta, want) or [f"{k}: {meta.get(k)} → {want[k]}" for k in _COMPARED]
     created = f", created {meta['created']}" if meta.get("created") else ""
@@ -158,7 +199,7 @@ def prepare(manifest: Manifest, model: ModelSpec, out: Path) -> JobInfo:
         refuse_foreign(out)
         listing = out / LISTING_FILE
         snapshot = (
-            read_snapshot(listing)
+            load_snapshot(listing)
             if listing.exists()
             else write_snapshot(
                 skip_existing(list_items(manifest.dataset), manifest.dataset.skip_existing, own=out),
@@ -182,9 +223,8 @@ def prepare(manifest: Manifest, model: ModelSpec, out: Path) -> JobInfo:
         meta = read_job(out) or {}  # another shard created it first: verify below
     check_same_job(out, meta, want)
     listing = out / LISTING_FILE
-    if not listing.exists():
-        raise IncompatibleOutputError(f"{listing} is missing; the results cannot be resumed: rerun with --restart")
-    snapshot = read_snapshot(listing)
+    snapshot = load_snapshot(listing)
     if snapshot.digest != meta.get("listing"):
         raise IncompatibleOutputError(f"{listing} does not match {out / JOB_FILE}; rerun with --restart")
+    refuse_stray_data(out, len(snapshot.units))
     return JobInfo(out, snapshot, meta)

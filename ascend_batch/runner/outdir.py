@@ -201,11 +201,14 @@ def clear_pieces(out: Path, units: list[Unit]) -> None:
 def check_part(out: Path, unit: Unit, listing: pq.ParquetFile | None = None) -> str | None:
     """What is wrong with ``unit``'s committed part, or None. Without ``listing`` the check is cheap
     (size and sha256 against the commit record); a part without a record, or with ``listing``, is read
-    in full: every page (checksums), one row per listed image, in listing order."""
+    in full: every page (checksums), one row per listed image, in listing order (the job's own
+    listing snapshot is opened for a part without a record)."""
     path = out / part_name(unit.index)
     record = None
     with contextlib.suppress(FileNotFoundError, ValueError, TypeError):
         record = CommitRecord(**json.loads(_record_path(out, unit.index).read_text("utf-8")))
+    if record is None and listing is None:  # nothing vouches for it: check its ids too
+        listing = pq.ParquetFile(out / LISTING_FILE)
     try:
         if record is not None and listing is None:
             size, digest = _sha256(path)  # the cheap check: no need to hold the file
@@ -300,6 +303,38 @@ def _ours(name: str, with_job_file: bool) -> bool:
     if name.startswith(LOCK_PREFIX) or temp_owner(name) is not None or name in OWN_FILES or name in OWN_DIRS:
         return True
     return with_job_file and PART_RE.match(name) is not None
+
+
+def stray_data(out: Path, n_units: int) -> list[str]:
+    """Entries of a job's output that Parquet readers (pandas, pyarrow, DuckDB, Spark) would read as
+    rows but that are not the job's parts: every name that starts with neither ``_`` nor ``.`` (the
+    prefixes those readers skip), other than ``part-NNNNNN.parquet`` of one of the ``n_units`` units.
+    A copied part or a stray file would give its images a second row."""
+    try:
+        names = sorted(os.listdir(out))
+    except FileNotFoundError:
+        return []
+    stray = []
+    for name in names:
+        if name.startswith(("_", ".")) or temp_owner(name) is not None:
+            continue
+        m = PART_RE.match(name)
+        if m is not None and int(m.group(1)) < n_units and name == part_name(int(m.group(1))):
+            continue
+        stray.append(name)
+    return stray
+
+
+def refuse_stray_data(out: Path, n_units: int) -> None:
+    """Exit 4 when the output holds data files that are not this job's parts (see :func:`stray_data`)."""
+    stray = stray_data(out, n_units)
+    if stray:
+        shown = ", ".join(stray[:5]) + (f" and {len(stray) - 5} more" if len(stray) > 5 else "")
+        raise IncompatibleOutputError(
+            f"{out} holds files that are not this job's parts: {shown}. Readers of the results (pandas, "
+            "pyarrow) would take them as rows, so the job cannot be complete: move them out of the "
+            "output directory and rerun (or finalize)"
+        )
 
 
 def foreign_entries(out: Path) -> list[str]:
