@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import sys
 import textwrap
 from pathlib import Path
@@ -145,6 +146,19 @@ def _parse_shard(text: str | None) -> tuple[int, int] | None:
     return (k, count)
 
 
+def _interrupted(signum: int, frame: Any) -> None:
+    raise errors.InterruptedRun(
+        f"interrupted by {signal.Signals(signum).name}: committed units are kept; rerun the same command to resume"
+    )
+
+
+def stop_on_signals() -> None:
+    """SIGINT and SIGTERM stop ``run`` with exit 130 at any moment; the supervisor handles them
+    itself (draining workers) while it runs, and gives them back to these handlers afterwards."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _interrupted)
+
+
 @app.command(epilog=EXAMPLES["run"])
 def run(
     manifest: Annotated[Path, typer.Argument(help="The job's TOML manifest.", metavar="MANIFEST")],
@@ -188,6 +202,7 @@ def run(
 
     exit_if_bootstrapping()  # a script without the main guard, re-run by a spawned worker: stop quietly
     install_early_drain()  # a Slurm warning signal during start-up must not kill us
+    stop_on_signals()  # Ctrl-C or SIGTERM outside the supervisor (listing, finalize): exit 130, as inside it
     from .manifest import load_manifest, parse_manifest
     from .pyarrow_lean import skip_pandas_check
     from .runner.job import run_job

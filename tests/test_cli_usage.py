@@ -455,3 +455,27 @@ def test_slurm_dry_run_json_and_array_warning(tmp_path: Path) -> None:
     (out / "_job.json").write_text(json.dumps({"n_units": 2, "n_items": 6}))
     r = cli("slurm", "submit", m, "--array", "3", "--dry-run")
     assert r.returncode == 0 and "more tasks than the job has units (2;" in r.stderr and "task 2 " in r.stderr
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_run_stops_with_130_on_a_signal_outside_the_supervisor(sig: str) -> None:
+    """Before the supervisor takes the signals (listing) and after it gives them back (finalize), a
+    stop is exit 130 as it is inside it, not 143 (SIGTERM's default) or click's 'Aborted!' (exit 1)."""
+    import os
+    import signal
+
+    from ascend_batch.cli import stop_on_signals
+    from ascend_batch.cli_errors import explain
+    from ascend_batch.errors import EXIT_INTERRUPTED, InterruptedRun
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        stop_on_signals()
+        with pytest.raises(InterruptedRun) as info:
+            os.kill(os.getpid(), getattr(signal, sig))
+            signal.sigtimedwait([], 0.5)  # let the handler run
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    code, lines = explain(info.value)
+    assert code == EXIT_INTERRUPTED and f"interrupted by {sig}" in lines[0]
