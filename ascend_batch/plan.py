@@ -30,6 +30,9 @@ LISTING_SCHEMA = pa.schema(
         ("size", pa.int64()),
         ("mtime", pa.float64()),
         ("error", pa.string()),
+        # a tar hard link's target member (whose header precedes the shared data); a column added
+        # after the first release: snapshots without it still load (see _items)
+        ("link", pa.binary()),
     ]
 )
 
@@ -88,6 +91,7 @@ def write_snapshot(items: Iterable[Item], path: Path, unit_size: int) -> Snapsho
             cols["size"].append(item.size)
             cols["mtime"].append(item.mtime)
             cols["error"].append(item.error)
+            cols["link"].append(None if item.link is None else os.fsencode(item.link))
             digest.update(f"{item.id}\0{item.size}\n".encode())
             n += 1
             if len(cols["image_id"]) == unit_size:
@@ -139,4 +143,11 @@ def _items(rows: list[dict]) -> Iterator[Item]:
             mtime=r["mtime"],
             error=r["error"],
             offset=r["offset"],
+            link=_link(r),
         )
+
+
+def _link(row: dict) -> str | None:
+    """The row's ``link``; ``""`` (not recorded) for a snapshot written before that column existed."""
+    raw = row.get("link", b"")
+    return None if raw is None else os.fsdecode(raw)

@@ -28,8 +28,12 @@ which :func:`list_items` refuses.
 
 A bad input never raises while listing: a truncated or corrupt archive, an unreadable directory or a
 missing list entry becomes an ``Item(kind="error")`` whose ``error`` is ``"<kind>: <message>"``, so it
-ends as one error row. Members listed before the damage in a truncated tar are kept. Nothing is ever
-extracted to disk: archive members are read into memory by offset.
+ends as one error row. Members listed before the damage in a truncated tar are kept; a compressed
+tar whose checksum fails at its end keeps its members and adds that error item. Nothing is ever
+extracted to disk: archive members are read into memory by offset, a tar member only while the
+header before its data still matches the listing. A user's file is opened only if it is a regular
+file (:func:`~.item.open_regular`), so a FIFO or device swapped in after the listing never blocks
+or streams forever.
 """
 
 from __future__ import annotations

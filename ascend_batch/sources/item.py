@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import errno
+import io
 import lzma
+import os
+import stat
 import tarfile
 import zipfile
 import zlib
@@ -50,6 +53,42 @@ class Item:
     # tar: offset of the member's data in the (decompressed) tar stream; zip: offset of the
     # member's local header (tells apart members that share a name); -1 otherwise
     offset: int = -1
+    # tar hard link: the member whose data it shares (whose header precedes ``offset``); None for
+    # a member that holds its own data; "" when not recorded (listing snapshots of versions before
+    # this field): the reader then checks that header's type and size but not its name
+    link: str | None = None
+
+
+class NotRegularFileError(OSError):
+    """A FIFO, device, socket or folder where a regular file was expected (see :func:`open_regular`)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(None, "not a regular file", path)
+
+    def __str__(self) -> str:
+        return f"not a regular file: {self.filename}"
+
+
+def open_regular(path: str) -> io.BufferedReader:
+    """``path`` opened for binary reading, only if it is a regular file: a FIFO would block
+    ``open`` forever and a device (``/dev/zero``) never ends. A path that is not one is refused
+    before it is opened; one swapped in after that check is opened without blocking and refused
+    before anything is read. Raises :class:`NotRegularFileError` or the ``OSError`` of ``open``."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise NotRegularFileError(path)
+    f = open(path, "rb", opener=_open_nonblocking)  # noqa: SIM115 (returned to the caller)
+    try:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise NotRegularFileError(path)
+        os.set_blocking(f.fileno(), True)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def _open_nonblocking(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NONBLOCK | os.O_NOCTTY)
 
 
 def error_item(name: str, source: str, path: str, kind: str, message: str) -> Item:

@@ -5,21 +5,30 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import tarfile
 import threading
 import zipfile
 from collections import OrderedDict
 
 from ..errors import ImageError
 from .ids import printable
-from .item import ARCHIVE_ERRORS, DEFAULT_MAX_MEMBER_BYTES, Item, environmental, exc_text, oserror_text
-from .tar_archive import decompressed, sniff_compression
+from .item import (
+    ARCHIVE_ERRORS,
+    DEFAULT_MAX_MEMBER_BYTES,
+    Item,
+    environmental,
+    exc_text,
+    open_regular,
+    oserror_text,
+)
+from .tar_archive import decompressed, header_matches, sniff_compression
 
 
 class _Archive:
     """An open archive held by an :class:`ItemReader`."""
 
     def __init__(self, item: Item) -> None:
-        self.raw: io.BufferedIOBase = open(item.path, "rb")  # noqa: SIM115 (closed by close())
+        self.raw: io.BufferedIOBase = open_regular(item.path)  # closed by close()
         self.zip: zipfile.ZipFile | None = None
         self.by_offset: dict[int, zipfile.ZipInfo] = {}
         self.stream: io.BufferedIOBase = self.raw
@@ -105,7 +114,7 @@ class ItemReader:
     def _read_file(self, item: Item) -> bytes:
         limit = self.max_member_bytes
         try:
-            with open(item.path, "rb") as f:
+            with open_regular(item.path) as f:  # a FIFO or device swapped in is never read
                 size = os.fstat(f.fileno()).st_size
                 if size > limit:
                     raise ImageError(
@@ -144,9 +153,16 @@ class ItemReader:
                 archive.close()
 
     def _read_tar(self, archive: _Archive, item: Item) -> bytes:
-        if item.offset < 0:
+        if item.offset < tarfile.BLOCKSIZE:
             raise ImageError("read", f"tar item without a data offset: {item.id}")
-        archive.stream.seek(item.offset)
+        # the member's header precedes its data: an archive rewritten since the listing must not
+        # hand out another member's bytes under this id (a forward seek for compressed tars too)
+        archive.stream.seek(item.offset - tarfile.BLOCKSIZE)
+        if not header_matches(archive.stream.read(tarfile.BLOCKSIZE), item):
+            raise ImageError(
+                "archive",
+                f"member no longer in the archive (it changed since it was listed): {item.path}::{item.member}",
+            )
         data = archive.stream.read(item.size)
         if len(data) != item.size:
             raise ImageError(

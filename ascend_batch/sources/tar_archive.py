@@ -12,15 +12,21 @@ from collections.abc import Callable, Iterator
 from typing import IO, cast
 
 from .ids import escape_name, member_id
-from .item import ARCHIVE_ERRORS, Item, error_item, exc_text, oserror_text
+from .item import ARCHIVE_ERRORS, Item, error_item, exc_text, open_regular, oserror_text
+
+COMPRESSION_NAMES = {"gz": "gzip", "bz2": "bzip2", "xz": "xz"}
+DATA_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
+USTAR_NAME_BYTES = 100  # a longer name lives in a PAX or GNU header before the member's own
+PAX_SIZE = 8**11  # a size from here on lives in a PAX header (the ustar field may read 0)
 
 
 def list_tar(path: str, name: str, source: str, wanted: Callable[[str], bool]) -> Iterator[Item]:
     """Members of the tar at ``path`` (``name``: its raw name for ids) in stored order, those whose
     name passes ``wanted``. A damaged tar yields the members before the damage, then one error item
-    (id = the archive's id)."""
+    (id = the archive's id). A compressed tar whose checksum fails at its end yields its members,
+    then that error item (the damage may lie anywhere before)."""
     try:
-        raw = open(path, "rb")  # noqa: SIM115 (closed below; the generator may be abandoned)
+        raw = open_regular(path)  # closed below; the generator may be abandoned
     except OSError as exc:
         yield error_item(name, source, path, "read", oserror_text(exc, path))
         return
@@ -54,11 +60,12 @@ def _members(
             if wanted(m.name):
                 sparse.append(m.name)
             return None
+        link = None
         if m.isreg():
             regular[m.name] = (m.offset_data, m.size)
             offset, size = m.offset_data, m.size
         elif m.islnk() and m.linkname in regular:
-            offset, size = regular[m.linkname]
+            (offset, size), link = regular[m.linkname], m.linkname
         else:
             return None  # directories, symlinks (may point anywhere), devices
         if not wanted(m.name):
@@ -67,7 +74,8 @@ def _members(
             duplicates.append(m.name)
             return None
         listed.add(m.name)
-        return Item(member_id(archive_id, m.name), source, "tar", path, m.name, size, float(m.mtime), offset=offset)
+        item_id = member_id(archive_id, m.name)
+        return Item(item_id, source, "tar", path, m.name, size, float(m.mtime), offset=offset, link=link)
 
     try:
         while True:
@@ -82,6 +90,8 @@ def _members(
             if m is None:
                 break
         problem = tar_end_problem(stream, tf.offset, intact)
+        if problem is None and compression is not None:
+            problem = compressed_end_problem(stream, compression, len(listed))
     except (*ARCHIVE_ERRORS, KeyError) as exc:
         where = f" (in or after member {pending.name!r})" if pending is not None else ""
         problem = f"truncated tar after {intact} members: {exc_text(exc)}{where}"
@@ -141,3 +151,43 @@ def tar_end_problem(stream: io.BufferedIOBase, offset: int, intact: int) -> str 
     if len(block) < tarfile.BLOCKSIZE:
         return f"truncated tar after {intact} members: header at byte {offset} is cut short"
     return f"corrupt tar after {intact} members: invalid header at byte {offset}"
+
+
+def compressed_end_problem(stream: io.BufferedIOBase, compression: str, listed: int) -> str | None:
+    """gzip checks its CRC and length, bzip2 and xz their checksums, only at the end of the
+    compressed stream, which a listing that stops at the tar's end-of-archive marker never reaches:
+    read on to the end (normally only the tar's padding is left)."""
+    try:
+        while stream.read(1 << 16):
+            pass
+    except ARCHIVE_ERRORS as exc:
+        members = f"{listed} member{'' if listed == 1 else 's'}"
+        if isinstance(exc, gzip.BadGzipFile) and str(exc).startswith("Not a gzipped file"):
+            # raised where a next gzip member would start: every member before passed its CRC check
+            return (
+                f"trailing data after the gzip stream ({exc_text(exc)}); "
+                f"the data of the {members} listed from it passed its CRC check"
+            )
+        return (
+            f"corrupt {COMPRESSION_NAMES.get(compression, compression)} data at the end of the archive "
+            f"({exc_text(exc)}): the data of the {members} listed from it may be damaged"
+        )
+    return None
+
+
+def header_matches(block: bytes, item: Item) -> bool:
+    """Whether ``block``, the 512 bytes before ``item``'s data, is still the header the listing saw:
+    a valid header of a regular file of the listed size and name (for a hard link, its target's).
+    The name is compared where the header holds it whole, ASCII names up to 100 bytes: a longer or
+    non-ASCII name lives in a PAX or GNU header before, and this one holds a stand-in."""
+    try:
+        info = tarfile.TarInfo.frombuf(block, tarfile.ENCODING, "surrogateescape")
+    except tarfile.HeaderError:
+        return False
+    if info.type not in DATA_TYPES or (item.size < PAX_SIZE and info.size != item.size):
+        return False
+    name = item.member if item.link is None else item.link
+    if not name or not name.isascii() or len(name) > USTAR_NAME_BYTES:
+        return True
+    field = block[:USTAR_NAME_BYTES].split(b"\0", 1)[0]  # the name field alone, without a ustar prefix
+    return name == info.name or name.encode("ascii") == field

@@ -7,7 +7,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 
 from .ids import escape_name, member_id
-from .item import ARCHIVE_ERRORS, Item, error_item, exc_text, oserror_text
+from .item import ARCHIVE_ERRORS, Item, error_item, exc_text, open_regular, oserror_text
 
 
 def list_zip(path: str, name: str, source: str, wanted: Callable[[str], bool]) -> Iterator[Item]:
@@ -15,7 +15,7 @@ def list_zip(path: str, name: str, source: str, wanted: Callable[[str], bool]) -
     those whose name passes ``wanted``. A zip that cannot be opened (bad central directory,
     truncated) yields one error item."""
     try:
-        with zipfile.ZipFile(path) as zf:
+        with open_regular(path) as f, zipfile.ZipFile(f) as zf:
             infos = zf.infolist()
     except OSError as exc:
         yield error_item(name, source, path, "read", oserror_text(exc, path))
