@@ -1,6 +1,7 @@
 """A test backend plugin (``crashy_backend:CrashyBackend``): onnxruntime, except that the worker
 process dies with SIGSEGV whenever a batch holds a pure-magenta image, as a buggy native runtime
-would. Used to prove that poison images are isolated by bisection."""
+would. Used to prove that poison images are isolated by bisection. The other backends here fail in
+other ways on demand: dying or stopping (SIGSTOP) on every batch or while opening, failing, slow."""
 
 from __future__ import annotations
 
@@ -147,3 +148,79 @@ class ArenaFullBackend(OnnxBackend):
         session = OnnxSession(device, model, batch_size=batch_size, threads=threads)
         session._sess = _ArenaFull(session._sess)
         return session
+
+
+def _stop_self() -> None:
+    """Stop this process (SIGSTOP), as a worker stuck in a device call or a hung NFS read is: alive,
+    silent, deaf to SIGTERM."""
+    os.kill(os.getpid(), signal.SIGSTOP)
+
+
+class HangOnceSession(OnnxSession):
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        marker = os.environ.get("ASCEND_BATCH_TEST_HANG_MARKER")
+        if marker:
+            try:
+                os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                pass
+            else:
+                _stop_self()
+        return super().infer(batch)
+
+
+class HangOnceBackend(OnnxBackend):
+    """onnxruntime, except that the first batch of the whole job (over every worker, decided by creating
+    the file ``$ASCEND_BATCH_TEST_HANG_MARKER``) stops its worker with SIGSTOP."""
+
+    name = "hang-once"
+
+    def open(self, device, model, *, batch_size, threads):  # type: ignore[no-untyped-def]
+        return HangOnceSession(device, model, batch_size=batch_size, threads=threads)
+
+
+class HangingSession(OnnxSession):
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        _stop_self()
+        return super().infer(batch)
+
+
+class HangingBackend(OnnxBackend):
+    """The model loads, then the worker stops (SIGSTOP) on every batch, whatever the images."""
+
+    name = "hanging"
+
+    def open(self, device, model, *, batch_size, threads):  # type: ignore[no-untyped-def]
+        return HangingSession(device, model, batch_size=batch_size, threads=threads)
+
+
+class HangsOnOpenBackend(OnnxBackend):
+    """The worker stops (SIGSTOP) while opening its session, as a runtime hanging in its initialisation."""
+
+    name = "hangs-on-open"
+
+    def open(self, device, model, *, batch_size, threads):  # type: ignore[no-untyped-def]
+        _stop_self()
+        return super().open(device, model, batch_size=batch_size, threads=threads)
+
+
+class SlowDecodeBackend(OnnxBackend):
+    """onnxruntime in a process whose JPEG decoder takes 0.7 s per file: with a shorter
+    dataset.decode_timeout every image becomes a 'timeout' row, and no batch is ever inferred."""
+
+    name = "slow-decode"
+
+    def __init__(self, options=None) -> None:  # type: ignore[no-untyped-def]
+        from PIL import JpegImagePlugin
+
+        cls = JpegImagePlugin.JpegImageFile
+        if getattr(cls, "_slowed", False):
+            return
+        original = cls.load
+
+        def load(self):  # type: ignore[no-untyped-def]
+            time.sleep(0.7)
+            return original(self)
+
+        cls.load = load  # type: ignore[method-assign]
+        cls._slowed = True  # type: ignore[attr-defined]

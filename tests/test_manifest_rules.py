@@ -254,3 +254,41 @@ def test_model_aipp_is_checked_and_leaves_old_fingerprints_alone(tmp_path: Path)
     (msg,) = errors(tmp_path, "acl", aipp="rgb")
     assert "[model.aipp]" in msg and "yuv420sp" in msg
     assert manifest(tmp_path, "acl").fingerprint() != manifest(tmp_path, "acl", aipp="none").fingerprint()
+
+
+def test_stall_timeout_is_a_positive_number_of_seconds(tmp_path: Path) -> None:
+    assert manifest(tmp_path, "onnxruntime").runtime.stall_timeout == 600.0
+    assert manifest(tmp_path, "onnxruntime", {"stall_timeout": 90}).runtime.stall_timeout == 90.0
+    for bad in (0, -5, "600", True):
+        (msg,) = errors(tmp_path, "onnxruntime", {"stall_timeout": bad})
+        assert "[runtime.stall_timeout] expected a positive number of seconds" in msg, msg
+
+
+def test_stall_timeout_outlasts_one_decode(tmp_path: Path) -> None:
+    def parse(decode_timeout: float, runtime: dict[str, Any]) -> Manifest:
+        data = {
+            "job": {"output": "out"},
+            "dataset": {"paths": ["*.jpg"], "decode_timeout": decode_timeout},
+            "runtime": runtime,
+        }
+        return parse_manifest(data, tmp_path)
+
+    with pytest.raises(ManifestErrors) as info:
+        parse(30, {"stall_timeout": 30})
+    (msg,) = [str(e) for e in info.value.errors]
+    assert "[runtime.stall_timeout] expected more seconds than dataset.decode_timeout (30), got 30" in msg
+    assert parse(30, {"stall_timeout": 31}).runtime.stall_timeout == 31.0
+    with pytest.raises(ManifestErrors) as info:
+        parse(900, {"stall_timeout": -1})
+    assert len(info.value.errors) == 1  # a wrong value is one error, not also "not longer than a decode"
+    # left out, it is twice a decode_timeout that makes the default too short
+    assert parse(400, {}).runtime.stall_timeout == 800.0
+    assert parse(300, {}).runtime.stall_timeout == 600.0
+
+
+def test_stall_timeout_is_a_runtime_setting_outside_the_fingerprint(tmp_path: Path) -> None:
+    from ascend_batch.runner.jobdir import result_tables
+
+    plain, other = manifest(tmp_path, "onnxruntime"), manifest(tmp_path, "onnxruntime", {"stall_timeout": 45})
+    assert plain.fingerprint() == other.fingerprint()
+    assert result_tables(plain) == result_tables(other)

@@ -19,6 +19,7 @@ DEFAULT_JOB_NAME = "job"
 DEFAULT_MODEL = "efficientnet_lite0"  # when the manifest names neither model.name nor model.path
 BUILTIN_MODELS = (DEFAULT_MODEL,)
 CPU_BATCH_SIZE = 8  # runtime.batch_size when every device is a CPU (default_batch_size)
+DEFAULT_STALL_TIMEOUT = 600.0  # runtime.stall_timeout (README, "Resume, crashes and exactly-once")
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,9 @@ class RuntimeConfig:
     decode_workers: int = 0  # decode threads per worker; 0 = automatic
     prefetch: int = 2  # batches decoded ahead of inference
     max_retries: int = 2  # worker deaths tolerated per unit before it is bisected
+    # seconds a worker busy with a task may send nothing before it is killed and handled as a crash;
+    # unset: DEFAULT_STALL_TIMEOUT, or twice dataset.decode_timeout where that is longer (tables.py)
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT
     precision: str | None = None  # torch: fp32 | fp16 | bf16 (default fp16 on cuda/npu, fp32 on cpu)
     channels_last: bool | None = None  # torch: NHWC memory format on accelerators (default on)
     compile: bool | None = None  # torch: torch.compile the model (default off)

@@ -15,7 +15,7 @@ else:  # pragma: no cover
 from ..errors import ManifestError, ManifestErrors
 from .config import Manifest
 from .reader import TableReader
-from .tables import check_backend_runs_model, read_dataset, read_job, read_model, read_runtime
+from .tables import check_backend_runs_model, check_stall_timeout, read_dataset, read_job, read_model, read_runtime
 
 TABLES = ("job", "dataset", "model", "runtime")
 
@@ -39,6 +39,7 @@ def parse_manifest(data: Mapping[str, Any], base: Path, source: Path | None = No
     runtime_reader = reader("runtime")
     runtime = read_runtime(runtime_reader)
     check_backend_runs_model(runtime_reader, runtime, model)
+    runtime = check_stall_timeout(runtime_reader, runtime, dataset)
     if errors:
         raise ManifestErrors(errors)
     return Manifest(job, dataset, model, runtime, source, dict(data))

@@ -5,6 +5,7 @@ keys). Backend-specific rules come from :mod:`.rules`."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -199,6 +200,9 @@ def read_runtime(r: TableReader) -> RuntimeConfig:
     if values["batch_size"] is None:
         values["batch_size"] = default_batch_size(devices)
     values.update((name, r.integer(name, minimum)) for name, minimum in RUNTIME_INTS.items())
+    stall = r.get("stall_timeout", float, "a positive number of seconds")
+    stall = r.check("stall_timeout", stall, lambda v: v > 0, "expected a positive number of seconds")
+    values["stall_timeout"] = None if stall is None else float(stall)
     for key in RUNTIME_KEYS:
         if key in rules.keys:
             value = r.get(key.name, key.kind, key.expected)
@@ -222,6 +226,25 @@ def _device_decode_alias(r: TableReader, value: bool | None) -> bool | None:
     if value is not None and value != alias:
         r.fail(f"runtime.{DEVICE_DECODE_ALIAS}", "contradicts runtime.device_decode (its new name): keep one of them")
     return alias if value is None else value
+
+
+def check_stall_timeout(r: TableReader, runtime: RuntimeConfig, dataset: DatasetConfig) -> RuntimeConfig:
+    """``runtime.stall_timeout`` must outlast one decode that ``dataset.decode_timeout`` ends (a worker
+    waits that long for it without a word); left out, it is the default, or twice ``decode_timeout``
+    where that is longer. ``r`` reads ``[runtime]``."""
+    if not r.has("stall_timeout"):
+        longer = max(runtime.stall_timeout, 2 * dataset.decode_timeout)
+        return runtime if longer == runtime.stall_timeout else dataclasses.replace(runtime, stall_timeout=longer)
+    if any(e.key == r.key("stall_timeout") for e in r.errors):
+        return runtime  # already said: not a number of seconds
+    if runtime.stall_timeout <= dataset.decode_timeout:
+        r.fail(
+            "runtime.stall_timeout",
+            f"expected more seconds than dataset.decode_timeout ({dataset.decode_timeout:g}), got "
+            f"{runtime.stall_timeout:g}: a worker may wait that long for one decode without a word "
+            "(twice as long or more is safe)",
+        )
+    return runtime
 
 
 def check_backend_runs_model(r: TableReader, runtime: RuntimeConfig, model: ModelConfig) -> None:

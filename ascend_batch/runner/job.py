@@ -198,9 +198,16 @@ def _run_locked(
         backend_options=rt.backend_options(),
         streams=streams,
         device_decode=rt.device_decode,
+        stall_timeout=rt.stall_timeout,
     )
     supervisor = Supervisor(
-        template, rt.devices, [], max_retries=rt.max_retries, progress=None, drain_timeout=drain_timeout
+        template,
+        rt.devices,
+        [],
+        max_retries=rt.max_retries,
+        progress=None,
+        drain_timeout=drain_timeout,
+        stall_timeout=rt.stall_timeout,
     )
     if not (out / SUCCESS_FILE).exists():
         supervisor.start_workers()  # they load their models while we list the dataset

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..backends.base import Device
+from ..manifest.config import DEFAULT_STALL_TIMEOUT
 from ..models.spec import ModelSpec
 from ..plan import Unit
 
@@ -36,6 +37,7 @@ class WorkerConfig:
     # open the model before touching any image: set for a replacement after a worker died while its
     # model was loading and its first unit decoding, so that a second death says which was to blame
     open_first: bool = False
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT  # runtime.stall_timeout: sets how often a busy worker sends Alive
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,12 @@ class Progress:
 
 
 @dataclass(frozen=True)
+class Alive:
+    """The worker is busy with its task and not stuck: sent every few seconds while samples go by
+    without a ``Progress`` (the supervisor's stall watchdog, :mod:`.watchdog`)."""
+
+
+@dataclass(frozen=True)
 class TaskDone:
     key: tuple[int, int, int]
     stats: TaskStats
@@ -136,4 +144,4 @@ class StartupFailed:
     message: str
 
 
-Message = Ready | Progress | TaskDone | TaskFailed | StartupFailed
+Message = Ready | Progress | Alive | TaskDone | TaskFailed | StartupFailed

@@ -8,6 +8,8 @@ which task each worker holds, so a worker's death is charged to exactly that tas
 worker's model was up: a death before that is a start-up failure of the device, except the first one
 that happened while a unit was decoding beside the loading model, which is ambiguous: the
 replacement then opens its model before touching an image, and the next death says which it was.
+A worker that holds a task and sends nothing for ``stall_timeout`` seconds is killed and counts as
+such a death (:mod:`.watchdog`).
 """
 
 from __future__ import annotations
@@ -26,17 +28,18 @@ from typing import Any
 
 from ..backends.base import Device
 from ..errors import MissingMainGuard, StartupError
+from ..manifest.config import DEFAULT_STALL_TIMEOUT
 from ..plan import Unit
 from .main_guard import MAIN_GUARD_EXIT, exit_if_bootstrapping, main_guard_message
 from .messages import Message, Progress, Ready, StartupFailed, Task, TaskDone, TaskFailed, WorkerConfig
 from .outdir import merge_pieces, write_crash_row
 from .progress import Progress as ProgressDisplay
 from .scheduler import Action, Committed, CrashRow, GiveUpDevice, Merge, Scheduler, Verdict
+from .watchdog import death_message, overdue, stall_log
 from .worker import worker_main
 from .writer import sum_into
 
 RETIRE_GRACE = 30.0  # seconds a worker that reported a failure may take to release its session and exit
-_SIGNAL_NAMES = {-s.value: s.name for s in signal.Signals}
 
 
 class _EarlyDrain:
@@ -55,14 +58,6 @@ def install_early_drain() -> None:
         signal.signal(signal.SIGUSR1, _EarlyDrain.handler)
 
 
-def death_message(exitcode: int | None) -> str:
-    if exitcode is None:
-        return "still running"
-    if exitcode < 0:
-        return f"killed by {_SIGNAL_NAMES.get(exitcode, f'signal {-exitcode}')}"
-    return f"exited with code {exitcode}"
-
-
 class WorkerStatus(enum.Enum):
     STARTING = "starting"  # spawned; its model is loading (it may already hold a task)
     READY = "ready"  # model up: a death now is charged to its task
@@ -79,6 +74,8 @@ class _Worker:
     status: WorkerStatus = WorkerStatus.STARTING
     task: Task | None = None
     retiring_since: float = 0.0
+    last_heard: float = field(default_factory=time.monotonic)  # its last message, or the task sent to it
+    stalled: bool = False  # killed by the watchdog
 
 
 class StopMode(enum.Enum):
@@ -114,12 +111,14 @@ class Supervisor:
         max_retries: int,
         progress: ProgressDisplay | None,
         drain_timeout: float = 45.0,
+        stall_timeout: float = DEFAULT_STALL_TIMEOUT,
     ) -> None:
         self.template = template
         self.devices = devices
         self.max_retries = max_retries
         self.progress = progress or ProgressDisplay(0, 0, 0, 0, bar=False)
         self.drain_timeout = drain_timeout
+        self.stall_timeout = stall_timeout
         self.started = False
         self.set_units(units)
         self.workers: list[_Worker] = []
@@ -190,6 +189,7 @@ class Supervisor:
                 w.task = self.scheduler.take()
                 if w.task is None:
                     return
+                w.last_heard = time.monotonic()
                 try:
                     w.conn.send(w.task)
                 except (BrokenPipeError, OSError):  # it died before it could receive the task: not the task's fault
@@ -198,6 +198,7 @@ class Supervisor:
 
     def _handle(self, w: _Worker, msg: Message) -> None:
         device = str(w.device)
+        w.last_heard = time.monotonic()
         if isinstance(msg, Ready):
             w.status = WorkerStatus.READY
             self.startup_failures.pop(w.device, None)
@@ -271,11 +272,13 @@ class Supervisor:
             raise MissingMainGuard(main_guard_message())  # every worker would do the same: stop the job
         self.workers.remove(w)
         w.conn.close()
-        reason = f"worker on {w.device} {death_message(w.process.exitcode)}"
+        death = death_message(w.process.exitcode, self.stall_timeout if w.stalled else None)
+        reason = f"worker on {w.device} {death}"
         task, w.task = w.task, None
         if task is not None and w.status is WorkerStatus.READY:
             self.outcome.worker_deaths += 1
-            self.progress.log(f"{reason} during unit {task.unit.index} [{task.start}, {task.stop})")
+            if not w.stalled:  # the watchdog said it when it killed the worker
+                self.progress.log(f"{reason} during unit {task.unit.index} [{task.start}, {task.stop})")
             self._apply(self.scheduler.died(task, str(w.device), reason), str(w.device))
         elif task is not None:
             self.scheduler.give_back(task)
@@ -288,7 +291,7 @@ class Supervisor:
                 return
         if w.status in (WorkerStatus.STARTING, WorkerStatus.FAILED_START):
             if w.status is WorkerStatus.STARTING:  # died without a word: count the death itself
-                self.startup_failures[w.device].append(f"worker {death_message(w.process.exitcode)} while starting")
+                self.startup_failures[w.device].append(f"worker {death} while starting")
             failures = self.startup_failures[w.device]
             if len(failures) > self.max_retries:
                 self.dead_devices.add(w.device)
@@ -340,6 +343,7 @@ class Supervisor:
                     w.process.terminate()
                 elif w.status is WorkerStatus.RETIRING and now - w.retiring_since > RETIRE_GRACE:
                     w.process.kill()  # stuck releasing a failed device: its replacement must not wait for it
+            self._watch()
             if not self.workers:
                 failures = "; ".join(f"{d}: {m[-1]}" for d, m in self.startup_failures.items() if m)
                 raise StartupError(f"no device could start a worker ({failures or 'every device was given up'})")
@@ -354,6 +358,20 @@ class Supervisor:
                 if w.process.sentinel in ready or not w.process.is_alive():
                     self._reap(w)
             self.progress.refresh()
+
+    def _watch(self) -> None:
+        """Kill (SIGKILL: it may be stopped) each worker that holds a task and has sent nothing for
+        ``stall_timeout`` seconds; it is reaped as a worker that died during its task."""
+        for w in self.workers:
+            if w.task is None or w.stalled or w.status not in (WorkerStatus.STARTING, WorkerStatus.READY):
+                continue
+            with contextlib.suppress(OSError):
+                if w.conn.poll():  # it spoke while we were busy: read that first
+                    continue
+            if overdue(w.last_heard, self.stall_timeout):
+                w.stalled = True
+                self.progress.log(stall_log(w.device, self.stall_timeout, w.task, w.status is WorkerStatus.STARTING))
+                w.process.kill()
 
     def _shutdown(self) -> None:
         self._abandoned = self._abandoned or self._busy()

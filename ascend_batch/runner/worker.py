@@ -32,8 +32,9 @@ from ..plan import read_unit_items
 from ..pyarrow_lean import skip_pandas_check
 from ..sources import ItemReader
 from . import stages
-from .messages import Cause, Progress, Ready, StartupFailed, Task, TaskDone, TaskFailed, TaskStats, WorkerConfig
+from .messages import Alive, Cause, Progress, Ready, StartupFailed, Task, TaskDone, TaskFailed, TaskStats, WorkerConfig
 from .outdir import commit_part, commit_piece
+from .watchdog import heartbeat_interval, heartbeats
 from .writer import RowBuffer
 
 EXIT_WORKER_STARTUP = 3
@@ -297,6 +298,8 @@ def run_task(
     items = read_unit_items(listing, task.unit, task.start, task.stop)
     pp = cfg.model.preprocess
     samples = stages.read(items, reader, stats)
+    every = heartbeat_interval(cfg.stall_timeout)
+    beat = (lambda: conn.send(Alive())) if conn is not None else (lambda: None)
     try:
         if (
             cfg.device_decode
@@ -309,14 +312,16 @@ def run_task(
             if decoder is not None:
                 progress = (lambda k: conn.send(Progress(k))) if conn is not None else (lambda k: None)
                 stopping = (lambda: state.stop.is_set()) if state is not None else (lambda: False)
-                groups = stages.batches(samples, opener.cap(session))
+                groups = stages.batches(heartbeats(samples, beat, every), opener.cap(session))
                 cpu_pp = session.input_preprocess(pp)  # what the fallback decodes to, for this model
                 pairs = stages.decode_on_device(
                     groups, decoder, pool, cpu_pp, cfg.max_pixels, cfg.decode_timeout, stats
                 )
                 return _commit(cfg, task, list(stages.infer_device(pairs, session, stats, progress, stopping)), stats)
         window = cfg.batch_size * max(1, cfg.prefetch) + cfg.decode_workers
-        decoded = stages.decode_cpu(samples, pool, window, pp, cfg.max_pixels, cfg.decode_timeout, stats)
+        decoded = heartbeats(
+            stages.decode_cpu(samples, pool, window, pp, cfg.max_pixels, cfg.decode_timeout, stats), beat, every
+        )
         first = next(decoded, None)  # decoding is under way; now wait for the model if it is still loading
         session = opener.get(conn, stats)
         ctx = opener.infer_context(session, conn, state)
