@@ -695,3 +695,29 @@ def test_job_with_failures_while_inferring_blames_no_image(job: tuple[Path, pd.D
     assert len(final) == len(ref) and final["image_id"].is_unique
     _assert_same_top5(final, ref)  # every row ok: the runtime's failures were never written as image errors
     _assert_no_leaks(reports)  # every worker process, the failed ones included
+
+
+def test_job_whose_every_worker_fails_its_second_execute_blames_no_image(
+    job: tuple[Path, pd.DataFrame], tmp_path: Path
+) -> None:
+    # one NPU, units of 10 and batches of 10 (one execute per unit), and the 2nd execute of every
+    # worker process fails, whatever the images: each failing piece ran right after its sibling
+    # succeeded on the same worker. Image 19 was blamed (exit 0, an error row) when a success
+    # of that worker counted as evidence; a single image now runs as a fresh worker's first task
+    d, ref = job
+    (tmp_path / "imgs").mkdir()
+    for src in sorted((d / "imgs").iterdir())[:20]:
+        shutil.copy(src, tmp_path / "imgs" / src.name)
+    for name in ("tiny.om", "labels.txt"):
+        shutil.copy(d / name, tmp_path / name)
+    (tmp_path / "tiny.om.json").write_text(json.dumps({"dynamic_batch": [1, 2, 4, 8, 16]}))
+    manifest = _job_manifest(tmp_path, "acl", tmp_path / "tiny.om", "[0]", "out")
+    manifest.write_text(manifest.read_text().replace("batch_size = 4", "batch_size = 10"))
+    env = {"PYTHONPATH": os.pathsep.join([str(FAKES), str(REPO)]), "ACL_FAKE_FAIL": "mdl.execute_async:2"}
+    r = cli("run", manifest, "--no-progress", env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "npu:0: acl.mdl.execute_async returned 507011 (ACL_ERROR_RT_MODEL_EXECUTE)" in r.stderr
+    assert "isolated" not in r.stderr
+    got = _results(tmp_path / "out")
+    assert len(got) == 20 and got["image_id"].is_unique
+    _assert_same_top5(got, ref)  # every row ok

@@ -10,9 +10,15 @@ The rules:
 * While a unit fails and nothing says the device works (no piece of that unit, no task on that
   device has succeeded in this run), another whole unit is moved to the front as a probe: its
   success proves the device, its failure says the device fails whatever it is given.
-* A single image that still fails is blamed (a ``crash``/``runtime`` error row) only with evidence
-  that the device works. Without evidence it is tried again after other work; when nothing else is
-  left, the job stops rather than blame it.
+* A task of a single image runs only on a fresh worker (a process whose first task it is: see
+  ``take(fresh=...)``), and the image is blamed (a ``crash``/``runtime`` error row) only if it failed
+  there, alone, on a device where a fresh worker's first task has succeeded in this run. A fault
+  that depends on what the process did before (its nth call, a leak, a stale buffer) therefore never
+  blames an image: a fresh process holding one image has done the least any task does, the same for
+  every image, and that much is proven to work on the device. Evidence from a worker that had
+  already run other tasks (it succeeded on one piece, then failed on the next) is no evidence.
+  Without evidence the image is tried again after other work; when nothing else is left, the job
+  stops rather than blame it.
 * Not the images' fault, so the job stops (:class:`Verdict`) and nothing is blamed:
   - an environmental failure (memory, the output's disk, a dropped input mount) at once;
   - a device failing ``max_retries + 10`` tasks in a row that span more than one unit: it is given up;
@@ -87,41 +93,53 @@ class Scheduler:
         self._runtime_failure: dict[tuple[int, int, int], str] = {}
         self._unit_ok: set[int] = set()  # units of which some piece succeeded
         self._proven: set[str] = set()  # devices that completed a task in this run
+        self._fresh_proven: set[str] = set()  # devices where a worker completed its first task in this run
         self._streak: collections.Counter[str] = collections.Counter()  # failures in a row, per device
         self._streak_units: collections.defaultdict[str, set[int]] = collections.defaultdict(set)  # ... in units
         self._deferred: set[tuple[int, int, int]] = set()  # single images waiting for evidence
 
     # -- queue -------------------------------------------------------------------------------
-    def take(self) -> Task | None:
-        return self.queue.popleft() if self.queue and self.verdict is None else None
+    def take(self, *, fresh: bool) -> Task | None:
+        """The next task for a worker; ``fresh``: the worker has run no task yet. A single image is
+        only ever handed to a fresh worker, so None with a non-empty queue means: replace the worker."""
+        if self.verdict is not None:
+            return None
+        for i, task in enumerate(self.queue):
+            if fresh or task.size > 1:
+                del self.queue[i]
+                return task
+        return None
 
     def give_back(self, task: Task) -> None:
         """A task whose worker died before it began (model still loading): not the task's fault."""
         self.queue.appendleft(task)
 
     # -- outcomes ----------------------------------------------------------------------------
-    def done(self, task: Task, device: str) -> list[Action]:
+    def done(self, task: Task, device: str, *, fresh: bool) -> list[Action]:
+        """``task`` succeeded; ``fresh``: it was the first task of its worker."""
         self._streak[device] = 0
         self._streak_units[device].clear()
         self._proven.add(device)
+        if fresh:
+            self._fresh_proven.add(device)
         if not task.piece:
             return [Committed(task.unit)]
         self._unit_ok.add(task.unit.index)
         return self._piece_written(task)
 
-    def failed(self, task: Task, device: str, cause: Cause, message: str) -> list[Action]:
-        """The worker raised while running ``task``."""
+    def failed(self, task: Task, device: str, cause: Cause, message: str, *, fresh: bool) -> list[Action]:
+        """The worker raised while running ``task``; ``fresh``: it was the worker's first task."""
         if cause is Cause.ENVIRONMENT:
             self.verdict = Verdict(EXIT_ENVIRONMENT, f"{message} (on {device}, unit {task.unit.index})")
             return []
-        return self._charge(task, device, f"runtime: {message}", runtime=True)
+        return self._charge(task, device, f"runtime: {message}", runtime=True, fresh=fresh)
 
-    def died(self, task: Task, device: str, reason: str) -> list[Action]:
-        """The worker died while running ``task`` (its model was up)."""
-        return self._charge(task, device, f"crash: {reason}", runtime=False)
+    def died(self, task: Task, device: str, reason: str, *, fresh: bool) -> list[Action]:
+        """The worker died while running ``task`` (its model was up); ``fresh``: its first task."""
+        return self._charge(task, device, f"crash: {reason}", runtime=False, fresh=fresh)
 
     # -- internals ---------------------------------------------------------------------------
-    def _charge(self, task: Task, device: str, reason: str, *, runtime: bool) -> list[Action]:
+    def _charge(self, task: Task, device: str, reason: str, *, runtime: bool, fresh: bool) -> list[Action]:
         self._streak[device] += 1
         self._streak_units[device].add(task.unit.index)
         task = dataclasses.replace(task, attempt=task.attempt + 1)
@@ -148,18 +166,20 @@ class Scheduler:
         if task.size > 1:
             self._split(task)
             return []
-        if not unsure:
+        # the image alone, in a process that did nothing before, on a device where that much works
+        if fresh and device in self._fresh_proven:
             return [
                 CrashRow(task, f"{reason} while processing this image (failed {task.attempt} times)"),
                 *self._leaf_written(task),
             ]
-        # no evidence yet that the device works: try the image again after other work, if there is any
+        # no evidence yet that a fresh worker works on this device: try the image again after other work
         self._deferred.add(task.key)
         if all(t.key in self._deferred for t in self.queue):
             self.verdict = Verdict(
                 EXIT_STARTUP,
-                f"{reason} (on {device}): every task left fails and none has succeeded on {device} in this run, so "
-                "the failures cannot be told from bad images and none is blamed; check the model and the device",
+                f"{reason} (on {device}): every task left fails and no worker on {device} has completed its first "
+                "task in this run, so the failures cannot be told from bad images and none is blamed; check the "
+                "model and the device",
             )
             return []
         self.queue.append(task)

@@ -76,6 +76,11 @@ class _Worker:
     retiring_since: float = 0.0
     last_heard: float = field(default_factory=time.monotonic)  # its last message, or the task sent to it
     stalled: bool = False  # killed by the watchdog
+    tasks_done: int = 0  # none yet: the worker is fresh (what it holds is its first task)
+
+    @property
+    def fresh(self) -> bool:
+        return self.tasks_done == 0
 
 
 class StopMode(enum.Enum):
@@ -183,18 +188,32 @@ class Supervisor:
     def _dispatch(self) -> None:
         if self.stop_mode is not None:
             return
+        stale: list[_Worker] = []
         for w in self.workers:
             # a worker takes its first task before its model is loaded: it decodes while loading
             if w.task is None and w.status in (WorkerStatus.STARTING, WorkerStatus.READY):
-                w.task = self.scheduler.take()
+                w.task = self.scheduler.take(fresh=w.fresh)
                 if w.task is None:
-                    return
+                    if not w.fresh:
+                        stale.append(w)
+                    continue
                 w.last_heard = time.monotonic()
                 try:
                     w.conn.send(w.task)
                 except (BrokenPipeError, OSError):  # it died before it could receive the task: not the task's fault
                     self.scheduler.give_back(w.task)
                     w.task = None
+        if self.scheduler.queue and self.scheduler.verdict is None:
+            # what is left are single images, which run only on fresh workers: replace idle used ones
+            for w in stale:
+                self._retire(w)
+
+    def _retire(self, w: _Worker) -> None:
+        """Ask an idle worker to exit; it is replaced by a fresh one when reaped."""
+        w.status = WorkerStatus.RETIRING
+        w.retiring_since = time.monotonic()
+        with contextlib.suppress(BrokenPipeError, OSError):
+            w.conn.send(None)
 
     def _handle(self, w: _Worker, msg: Message) -> None:
         device = str(w.device)
@@ -207,8 +226,10 @@ class Supervisor:
         elif isinstance(msg, TaskDone):
             task, w.task = w.task, None
             if task is not None and task.key == msg.key:
+                fresh = w.fresh
+                w.tasks_done += 1
                 self._count(msg.stats.__dict__, device)
-                self._apply(self.scheduler.done(task, device), device)
+                self._apply(self.scheduler.done(task, device, fresh=fresh), device)
         elif isinstance(msg, TaskFailed):
             task, w.task = w.task, None
             w.status = WorkerStatus.RETIRING  # it exits after reporting; never hand it another task
@@ -217,7 +238,7 @@ class Supervisor:
                 self.progress.log(
                     f"unit {task.unit.index} [{task.start}, {task.stop}) failed on {device}: {msg.message}"
                 )
-                self._apply(self.scheduler.failed(task, device, msg.cause, msg.message), device)
+                self._apply(self.scheduler.failed(task, device, msg.cause, msg.message, fresh=w.fresh), device)
         elif isinstance(msg, StartupFailed):
             w.status = WorkerStatus.FAILED_START
             self.startup_failures[w.device].append(msg.message)
@@ -279,7 +300,7 @@ class Supervisor:
             self.outcome.worker_deaths += 1
             if not w.stalled:  # the watchdog said it when it killed the worker
                 self.progress.log(f"{reason} during unit {task.unit.index} [{task.start}, {task.stop})")
-            self._apply(self.scheduler.died(task, str(w.device), reason), str(w.device))
+            self._apply(self.scheduler.died(task, str(w.device), reason, fresh=w.fresh), str(w.device))
         elif task is not None:
             self.scheduler.give_back(task)
             if w.status is WorkerStatus.STARTING and w.device not in self.open_first:
