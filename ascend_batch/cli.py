@@ -198,7 +198,7 @@ def run(
 ) -> None:
     """Run a job, or resume it where it stopped."""
     from .runner.main_guard import exit_if_bootstrapping
-    from .runner.supervisor import install_early_drain
+    from .runner.signals import install_early_drain
 
     exit_if_bootstrapping()  # a script without the main guard, re-run by a spawned worker: stop quietly
     install_early_drain()  # a Slurm warning signal during start-up must not kill us

@@ -20,7 +20,6 @@ import dataclasses
 import enum
 import multiprocessing as mp
 import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -35,27 +34,12 @@ from .messages import Message, Progress, Ready, StartupFailed, Task, TaskDone, T
 from .outdir import merge_pieces, write_crash_row
 from .progress import Progress as ProgressDisplay
 from .scheduler import Action, Committed, CrashRow, GiveUpDevice, Merge, Scheduler, Verdict
+from .signals import EarlyDrain
 from .watchdog import death_message, overdue, stall_log
 from .worker import worker_main
 from .writer import sum_into
 
 RETIRE_GRACE = 30.0  # seconds a worker that reported a failure may take to release its session and exit
-
-
-class _EarlyDrain:
-    """Remembers a SIGUSR1 that arrives before the supervisor runs (Slurm's warning signal can come
-    while the job is still listing), so it is honoured instead of killing the process."""
-
-    received = threading.Event()
-
-    @classmethod
-    def handler(cls, signum: int, frame: Any) -> None:
-        cls.received.set()
-
-
-def install_early_drain() -> None:
-    if hasattr(signal, "SIGUSR1"):
-        signal.signal(signal.SIGUSR1, _EarlyDrain.handler)
 
 
 class WorkerStatus(enum.Enum):
@@ -333,7 +317,7 @@ class Supervisor:
     def run(self) -> Outcome:
         t0 = time.monotonic()
         previous = self._install_signals()
-        if _EarlyDrain.received.is_set():
+        if EarlyDrain.received.is_set():
             self._on_signal(signal.SIGUSR1, None)
         try:
             self.start_workers()
