@@ -110,6 +110,24 @@ def test_poison_image_alone_in_its_unit_gets_its_row(tmp_path: Path) -> None:
     assert (out / "_SUCCESS").exists()
 
 
+@pytest.mark.parametrize("units", [1, 2])
+def test_poison_image_on_two_devices_is_blamed_and_the_job_completes(tmp_path: Path, units: int) -> None:
+    # the unit dies on one device, a half succeeds on the other, the poison image dies first on a
+    # device that has not proven a fresh worker yet: it must wait for one that has, not stop the job
+    make_images(tmp_path / "imgs", 4 * units - 1, seed=18)
+    Image.new("RGB", (40, 40), (255, 0, 255)).save(tmp_path / "imgs" / "img00001z-poison.png")
+    m = tiny_manifest(
+        tmp_path, tmp_path / "imgs", devices='["cpu:0", "cpu:1"]', unit_size=4, batch_size=2,
+        extra_runtime="max_retries = 0",
+    )  # fmt: skip
+    use_test_backend(m, "CrashyBackend")
+    r = run(m)
+    assert r.returncode == EXIT_OK, r.stderr
+    df = rows(tmp_path / "out")
+    assert len(df) == 4 * units and df["image_id"].is_unique
+    assert list(df.loc[df["status"] == "error", "image_id"]) == ["img00001z-poison.png"]
+
+
 def test_crash_count_adds_up_over_bisection(tmp_path: Path) -> None:
     make_images(tmp_path / "imgs", 3, seed=4)
     Image.new("RGB", (40, 40), (255, 0, 255)).save(tmp_path / "imgs" / "a-poison.png")  # position 0 of 4

@@ -34,17 +34,22 @@ def play(s: Scheduler, outcome: Callable[..., tuple], devices: list[str] | None 
     devices = devices or ["cpu:0"]
     played = Played()
     history: dict[str, list[Task]] = {d: [] for d in devices}  # tasks of the device's current worker
+    idle = 0  # devices in a row that got nothing
     for turn in range(limit):
         alive = [d for d in devices if d not in s.dead]
         if not alive:
             return played
         device = alive[turn % len(alive)]
-        task = s.take(fresh=not history[device])
+        task = s.take(fresh=not history[device], device=device)
         if task is None and s.queue and s.verdict is None:
             history[device] = []  # retired, replaced by a fresh worker
-            task = s.take(fresh=True)
+            task = s.take(fresh=True, device=device)
         if task is None:
-            return played
+            idle += 1
+            if idle >= len(alive):  # no device can take what is left (or nothing is left)
+                return played
+            continue
+        idle = 0
         played.tasks.append((device, task))
         before, fresh = list(history[device]), not history[device]
         result = outcome(task, device, before)
@@ -303,7 +308,44 @@ def test_a_single_image_failing_on_a_used_worker_is_not_blamed() -> None:
     task = s.take(fresh=True)
     assert task is not None
     assert s.failed(task, "npu:0", Cause.RUNTIME, "execute failed", fresh=False) == []
-    assert s.verdict is not None and s.verdict.exit_code == EXIT_STARTUP  # nothing else to tell them apart
+    assert s.verdict is None  # not blamed, not the end: npu:0 has proven that a fresh worker works
+    assert s.take(fresh=False, device="npu:0") is None  # never again on a used worker
+    again = s.take(fresh=True, device="npu:0")
+    assert again is not None and again.key == task.key
+    assert s.done(again, "npu:0", fresh=True) == [Committed(task.unit)]
+
+
+def test_an_image_deferred_on_an_unproven_device_waits_for_a_proven_one_while_others_run() -> None:
+    # two devices, one unit: the poison image dies on a fresh npu:0 worker before npu:0 has proven
+    # anything, while another piece still runs on npu:1; the job must not stop, and the image goes to
+    # npu:1 (proven) and is blamed there
+    s = Scheduler(make_units(4, 4), ["npu:0", "npu:1"], max_retries=0)
+    unit = s.take(fresh=True, device="npu:0")
+    assert unit is not None and s.died(unit, "npu:0", "killed by SIGSEGV", fresh=True) == []
+    left = s.take(fresh=True, device="npu:1")  # [0, 2)
+    assert left is not None and s.done(left, "npu:1", fresh=True) == []
+    right = s.take(fresh=True, device="npu:0")  # [2, 4)
+    assert right is not None and s.died(right, "npu:0", "killed by SIGSEGV", fresh=True) == []
+    a = s.take(fresh=True, device="npu:0")  # [2, 3): the poison image
+    b = s.take(fresh=True, device="npu:1")  # [3, 4)
+    assert a is not None and b is not None and (a.start, b.start) == (2, 3)
+    # it dies on a fresh worker of npu:0, which has proven nothing yet: no evidence
+    assert s.died(a, "npu:0", "killed by SIGSEGV", fresh=True) == []
+    assert s.verdict is None  # [3, 4) still runs, and npu:1 has proven a fresh worker
+    assert s.take(fresh=True, device="npu:0") is None  # npu:0 cannot tell
+    assert s.done(b, "npu:1", fresh=True) == []
+    poison = s.take(fresh=True, device="npu:1")
+    assert poison is not None and poison.start == 2
+    actions = s.died(poison, "npu:1", "killed by SIGSEGV", fresh=True)
+    assert isinstance(actions[0], CrashRow) and actions[-1] == Merge(poison.unit)
+    assert s.verdict is None
+
+
+def test_only_deferred_images_and_no_proven_device_stop_the_job() -> None:
+    s = Scheduler(make_units(1, 1), ["npu:0"], max_retries=0)
+    task = s.take(fresh=True, device="npu:0")
+    assert task is not None and s.died(task, "npu:0", "killed by SIGSEGV", fresh=True) == []
+    assert s.verdict is not None and s.verdict.exit_code == EXIT_STARTUP
 
 
 def test_single_images_go_only_to_fresh_workers() -> None:

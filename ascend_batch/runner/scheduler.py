@@ -97,38 +97,51 @@ class Scheduler:
         self._streak: collections.Counter[str] = collections.Counter()  # failures in a row, per device
         self._streak_units: collections.defaultdict[str, set[int]] = collections.defaultdict(set)  # ... in units
         self._deferred: set[tuple[int, int, int]] = set()  # single images waiting for evidence
+        self._running: set[tuple[int, int, int]] = set()  # tasks handed out and not yet reported
 
     # -- queue -------------------------------------------------------------------------------
-    def take(self, *, fresh: bool) -> Task | None:
-        """The next task for a worker; ``fresh``: the worker has run no task yet. A single image is
-        only ever handed to a fresh worker, so None with a non-empty queue means: replace the worker."""
+    def take(self, *, fresh: bool, device: str | None = None) -> Task | None:
+        """The next task for a worker on ``device``; ``fresh``: the worker has run no task yet. A single
+        image is only ever handed to a fresh worker, and one waiting for evidence (deferred) only to a
+        fresh worker on a device where a fresh worker's first task has succeeded, so None with a
+        non-empty queue means: replace the worker, or let another device take it."""
         if self.verdict is not None:
             return None
         for i, task in enumerate(self.queue):
-            if fresh or task.size > 1:
-                del self.queue[i]
-                return task
+            if not (fresh or task.size > 1):
+                continue
+            if task.key in self._deferred and device is not None and device not in self._fresh_proven:
+                continue
+            del self.queue[i]
+            self._running.add(task.key)
+            return task
         return None
 
     def give_back(self, task: Task) -> None:
         """A task whose worker died before it began (model still loading): not the task's fault."""
+        self._running.discard(task.key)
         self.queue.appendleft(task)
 
     # -- outcomes ----------------------------------------------------------------------------
     def done(self, task: Task, device: str, *, fresh: bool) -> list[Action]:
         """``task`` succeeded; ``fresh``: it was the first task of its worker."""
+        self._running.discard(task.key)
         self._streak[device] = 0
         self._streak_units[device].clear()
         self._proven.add(device)
         if fresh:
             self._fresh_proven.add(device)
         if not task.piece:
-            return [Committed(task.unit)]
-        self._unit_ok.add(task.unit.index)
-        return self._piece_written(task)
+            actions: list[Action] = [Committed(task.unit)]
+        else:
+            self._unit_ok.add(task.unit.index)
+            actions = self._piece_written(task)
+        self._stop_if_stuck(f"the last task that could tell succeeded on {device}")
+        return actions
 
     def failed(self, task: Task, device: str, cause: Cause, message: str, *, fresh: bool) -> list[Action]:
         """The worker raised while running ``task``; ``fresh``: it was the worker's first task."""
+        self._running.discard(task.key)
         if cause is Cause.ENVIRONMENT:
             self.verdict = Verdict(EXIT_ENVIRONMENT, f"{message} (on {device}, unit {task.unit.index})")
             return []
@@ -136,6 +149,7 @@ class Scheduler:
 
     def died(self, task: Task, device: str, reason: str, *, fresh: bool) -> list[Action]:
         """The worker died while running ``task`` (its model was up); ``fresh``: its first task."""
+        self._running.discard(task.key)
         return self._charge(task, device, f"crash: {reason}", runtime=False, fresh=fresh)
 
     # -- internals ---------------------------------------------------------------------------
@@ -172,18 +186,26 @@ class Scheduler:
                 CrashRow(task, f"{reason} while processing this image (failed {task.attempt} times)"),
                 *self._leaf_written(task),
             ]
-        # no evidence yet that a fresh worker works on this device: try the image again after other work
+        # no evidence yet that a fresh worker works on this device: try the image again after other
+        # work, on a device where that evidence exists (take() routes it), or stop if none can come
         self._deferred.add(task.key)
-        if all(t.key in self._deferred for t in self.queue):
-            self.verdict = Verdict(
-                EXIT_STARTUP,
-                f"{reason} (on {device}): every task left fails and no worker on {device} has completed its first "
-                "task in this run, so the failures cannot be told from bad images and none is blamed; check the "
-                "model and the device",
-            )
-            return []
         self.queue.append(task)
+        self._stop_if_stuck(f"{reason} (on {device})")
         return []
+
+    def _stop_if_stuck(self, why: str) -> None:
+        """Stop the job when only images waiting for evidence are left, nothing running can bring it,
+        and no device still in use has it: they cannot be told from a failing runtime."""
+        if self.verdict is not None or self._running or not self.queue:
+            return
+        if not all(t.key in self._deferred for t in self.queue) or self._fresh_proven - self.dead:
+            return
+        self.verdict = Verdict(
+            EXIT_STARTUP,
+            f"{why}: every task left fails and no worker has completed its first task on a device still in "
+            "use in this run, so the failures cannot be told from bad images and none is blamed; check the "
+            "model and the device",
+        )
 
     def _probe(self, unit: int) -> bool:
         """Move the first queued whole unit other than ``unit`` to the front; False if there is none."""
@@ -237,6 +259,7 @@ class Scheduler:
                 f"{reason}: {self._streak[device]} tasks in a row failed on {device} and no device is left; this is "
                 "not caused by images (a single bad image fails at most a few times before a neighbour succeeds)",
             )
+        self._stop_if_stuck(f"{reason} (on {device}, given up)")
         return [GiveUpDevice(device, reason)]
 
     @property

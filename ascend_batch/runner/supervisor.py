@@ -176,7 +176,7 @@ class Supervisor:
         for w in self.workers:
             # a worker takes its first task before its model is loaded: it decodes while loading
             if w.task is None and w.status in (WorkerStatus.STARTING, WorkerStatus.READY):
-                w.task = self.scheduler.take(fresh=w.fresh)
+                w.task = self.scheduler.take(fresh=w.fresh, device=str(w.device))
                 if w.task is None:
                     if not w.fresh:
                         stale.append(w)
@@ -187,7 +187,8 @@ class Supervisor:
                 except (BrokenPipeError, OSError):  # it died before it could receive the task: not the task's fault
                     self.scheduler.give_back(w.task)
                     w.task = None
-        if self.scheduler.queue and self.scheduler.verdict is None:
+        queue = self.scheduler.queue
+        if queue and self.scheduler.verdict is None and all(t.size == 1 for t in queue):
             # what is left are single images, which run only on fresh workers: replace idle used ones
             for w in stale:
                 self._retire(w)
