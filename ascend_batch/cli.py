@@ -146,10 +146,16 @@ def _parse_shard(text: str | None) -> tuple[int, int] | None:
     return (k, count)
 
 
+class Stopped(BaseException):
+    """A stop signal outside the supervisor. A BaseException, as KeyboardInterrupt is, so that no
+    ``except Exception`` on the way swallows it; :func:`main` makes it exit 130."""
+
+    def message(self) -> str:
+        return f"interrupted by {self.args[0]}: committed units are kept; rerun the same command to resume"
+
+
 def _interrupted(signum: int, frame: Any) -> None:
-    raise errors.InterruptedRun(
-        f"interrupted by {signal.Signals(signum).name}: committed units are kept; rerun the same command to resume"
-    )
+    raise Stopped(signal.Signals(signum).name)
 
 
 def stop_on_signals() -> None:
@@ -358,6 +364,9 @@ _register_subcommands()
 def main() -> None:
     try:
         app(prog_name="ascend-batch")
+    except Stopped as stop:
+        typer.echo(f"error: {stop.message()}", err=True)
+        sys.exit(errors.EXIT_INTERRUPTED)
     except SystemExit as exc:
         raise SystemExit(exc.code if exc.code is not None else EXIT_OK) from None
     except typer.Exit as exc:
