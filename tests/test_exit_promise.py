@@ -29,6 +29,7 @@ from ascend_batch.errors import (
     EXIT_OK,
     EXIT_STARTUP,
     EXIT_TOO_MANY_ERRORS,
+    IncompatibleOutputError,
 )
 
 
@@ -541,3 +542,19 @@ def test_damaged_bookkeeping_is_exit_4_naming_the_file_and_restart_recovers(tmp_
         assert "Traceback" not in r.stderr
     assert run(m, "--restart").returncode == EXIT_OK
     assert_exactly_once(out, [f"img{i:05d}.jpg" for i in range(20)])
+
+
+def test_a_run_that_finds_a_stray_file_at_its_end_still_records_how_it_ended(tmp_path: Path) -> None:
+    from ascend_batch.runner.finalize import finalize, run_record
+
+    make_images(tmp_path / "imgs", 10, seed=19)
+    m = tiny_manifest(tmp_path, tmp_path / "imgs", unit_size=10)
+    assert run(m).returncode == EXIT_OK
+    out = tmp_path / "out"
+    shutil.copy(out / "part-000000.parquet", out / "copy.parquet")  # appeared while the run went on
+    record = run_record("20261202T000000-abcdef", 0.0, 1.0)
+    with pytest.raises(IncompatibleOutputError):
+        finalize(out, record)
+    saved = json.loads((out / "_runs" / "20261202T000000-abcdef.json").read_text())
+    assert saved["exit_code"] == EXIT_INCOMPATIBLE and "copy.parquet" in saved["detail"]
+    assert not (out / "_SUCCESS").exists()

@@ -245,7 +245,14 @@ def finalize(out: Path, run: dict | None = None, *, max_error_fraction: float | 
     if stray_data(out, len(units)):  # not complete while readers would see extra rows
         with contextlib.suppress(FileNotFoundError):
             (out / SUCCESS_FILE).unlink()
-        refuse_stray_data(out, len(units))
+        try:
+            refuse_stray_data(out, len(units))
+        except IncompatibleOutputError as exc:
+            if run is not None:  # the run's record says how it ended, as every run's does
+                if "exit_code" not in run:
+                    set_outcome(run, exc.exit_code, str(exc))
+                record_run(out, run)
+            raise
     damaged = set_aside_damaged(out, units, pq.ParquetFile(out / LISTING_FILE))
     result = Finalized(job_status(out), damaged, max_error_fraction)
     if run is not None:
