@@ -558,3 +558,21 @@ def test_a_run_that_finds_a_stray_file_at_its_end_still_records_how_it_ended(tmp
     saved = json.loads((out / "_runs" / "20261202T000000-abcdef.json").read_text())
     assert saved["exit_code"] == EXIT_INCOMPATIBLE and "copy.parquet" in saved["detail"]
     assert not (out / "_SUCCESS").exists()
+
+
+def test_a_summary_that_cannot_be_written_is_exit_8_with_the_runs_counts(tmp_path: Path) -> None:
+    make_images(tmp_path / "imgs", 20, seed=20)
+    m = tiny_manifest(tmp_path, tmp_path / "imgs", unit_size=10)
+    assert run(m).returncode == EXIT_OK
+    out = tmp_path / "out"
+    (out / "part-000001.parquet").unlink()
+    (out / "_summary.json").unlink()
+    (out / "_summary.json").mkdir()  # the summary cannot be written where it goes
+    r = run(m, "--json")
+    assert r.returncode == EXIT_ENVIRONMENT, r.stderr
+    report = json.loads(r.stdout)
+    assert report["exit_code"] == EXIT_ENVIRONMENT and "_summary.json" in report["error"]
+    assert (report["images_this_run"], report["units_done"], report["images"]) == (10, 2, 20)
+    assert not (out / "_SUCCESS").exists()
+    (out / "_summary.json").rmdir()
+    assert run(m).returncode == EXIT_OK

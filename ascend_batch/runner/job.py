@@ -276,6 +276,7 @@ def _run_locked(
     elif outcome.interrupted:
         set_outcome(run, EXIT_INTERRUPTED, f"interrupted by {outcome.interrupted}")
     missing = False
+    unwritten: OSError | None = None
     try:
         if shard is None:
             fin = finalize(out, run, max_error_fraction=threshold)  # records this run, gathers every run's
@@ -284,15 +285,17 @@ def _run_locked(
             if "exit_code" not in run:
                 set_outcome(run, EXIT_INCOMPLETE if missing else EXIT_OK)
             record_run(out, run)  # the finalize job gathers the shards' records
-    except OSError:
+    except OSError as exc:  # the same full disk that stopped the job may refuse the summary: the verdict says why
         if verdict is None or verdict.exit_code != EXIT_ENVIRONMENT:
-            raise  # the same full disk that stopped the job may refuse the summary: the verdict says why
+            unwritten = exc  # no verdict yet: this is the run's outcome (exit 8), reported with its counts
     st = fin.status if fin is not None else job_status(out)
     if fin is not None and st.complete and manifest.job.report:
         night_report(manifest, out, progress)
     report = RunReport(out, st, outcome, run_id, shard, summary=run, finalized=fin)
     error: Exception | None = None
-    if verdict is not None:
+    if unwritten is not None:
+        error = environment_error(unwritten, out)
+    elif verdict is not None:
         cls = EnvironmentFailure if verdict.exit_code == EXIT_ENVIRONMENT else DeviceFailure
         error = cls(
             f"{verdict.message}. The job stopped with {st.units_done}/{st.n_units} units committed; no image was "
