@@ -576,3 +576,29 @@ def test_a_summary_that_cannot_be_written_is_exit_8_with_the_runs_counts(tmp_pat
     assert not (out / "_SUCCESS").exists()
     (out / "_summary.json").rmdir()
     assert run(m).returncode == EXIT_OK
+
+
+def test_a_dataset_folder_that_empties_mid_job_is_a_dropped_mount_not_read_rows(tmp_path: Path) -> None:
+    # a lazy unmount leaves the mount point as an empty folder: every file left is "not found"
+    imgs = tmp_path / "imgs"
+    make_images(imgs, 30, seed=21)
+    m = tiny_manifest(tmp_path, imgs, unit_size=10)
+    assert run(m, "--shard", "0/3").returncode == EXIT_OK  # unit 0 committed, as before the mount dropped
+    kept = tmp_path / "kept"
+    imgs.rename(kept)
+    imgs.mkdir()
+    r = run(m)
+    assert r.returncode == EXIT_ENVIRONMENT, r.stderr
+    assert "dataset.paths[0]" in r.stderr and "is gone or empty" in r.stderr
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.glob("part-*.parquet")) == ["part-000000.parquet"]  # no read rows
+    imgs.rmdir()
+    kept.rename(imgs)  # the mount is back
+    assert run(m).returncode == EXIT_OK
+    df = assert_exactly_once(out, [f"img{i:05d}.jpg" for i in range(30)])
+    assert (df["status"] == "ok").all()
+    # one file deleted from a folder that still holds others is that file's row, as before
+    (imgs / "img00015.jpg").unlink()
+    (out / "part-000001.parquet").unlink()
+    assert run(m).returncode == EXIT_OK
+    assert rows(out).set_index("image_id").loc["img00015.jpg", "error"].startswith("read: ")

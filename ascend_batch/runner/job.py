@@ -27,6 +27,7 @@ from ..errors import (
 from ..manifest import Manifest
 from ..models.resolve import resolve_model
 from ..plan import shard_units
+from ..sources import source_roots
 from .finalize import Finalized, finalize, record_run, run_id_epoch, run_record, set_outcome
 from .jobdir import prepare, refuse_foreign
 from .lock import JobLock, held_locks
@@ -195,6 +196,7 @@ def _run_locked(
         max_pixels=manifest.dataset.max_pixels,
         max_member_bytes=manifest.dataset.max_member_bytes,
         decode_timeout=manifest.dataset.decode_timeout,
+        source_roots=source_roots(manifest.dataset.resolved),
         backend_options=rt.backend_options(),
         streams=streams,
         device_decode=rt.device_decode,

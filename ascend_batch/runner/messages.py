@@ -38,6 +38,9 @@ class WorkerConfig:
     # model was loading and its first unit decoding, so that a second death says which was to blame
     open_first: bool = False
     stall_timeout: float = DEFAULT_STALL_TIMEOUT  # runtime.stall_timeout: sets how often a busy worker sends Alive
+    # the folders the dataset's folder and glob entries list (dataset.paths[i]: folder): a file gone
+    # because its whole folder is gone or empty is a dropped mount, not the file's error row
+    source_roots: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

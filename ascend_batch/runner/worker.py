@@ -30,7 +30,7 @@ from ..backends.base import Backend, DeviceDecoder, Session, get_backend
 from ..errors import AscendBatchError, DecodeOutOfMemory
 from ..plan import read_unit_items
 from ..pyarrow_lean import skip_pandas_check
-from ..sources import ItemReader
+from ..sources import ItemReader, SourceGoneError
 from . import stages
 from .messages import Alive, Cause, Progress, Ready, StartupFailed, Task, TaskDone, TaskFailed, TaskStats, WorkerConfig
 from .outdir import commit_part, commit_piece
@@ -233,6 +233,8 @@ def failure_cause(exc: BaseException) -> tuple[Cause, str]:
     """Why a task raised, in words that name the cause (never an image's fault: those are rows)."""
     if isinstance(exc, DecodeOutOfMemory):
         return Cause.ENVIRONMENT, str(exc)
+    if isinstance(exc, SourceGoneError):
+        return Cause.ENVIRONMENT, f"{exc.strerror} (reading {exc.filename})"
     if isinstance(exc, MemoryError):
         return (
             Cause.ENVIRONMENT,
@@ -254,7 +256,7 @@ def _serve(cfg: WorkerConfig, conn: Connection, opener: SessionOpener, state: St
     try:
         if cfg.open_first:
             opener.get(conn, TaskStats())
-        with ItemReader(cfg.max_member_bytes) as reader:
+        with ItemReader(cfg.max_member_bytes, roots=cfg.source_roots) as reader:
             while True:
                 state.phase = Phase.IDLE
                 if state.stop.is_set():

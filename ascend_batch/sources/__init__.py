@@ -59,6 +59,7 @@ from .item import (
 )
 from .lister import Lister
 from .reader import ItemReader
+from .roots import SourceGoneError, source_roots
 
 if TYPE_CHECKING:  # a type only: sources do not depend on the manifest module at run time
     from ..manifest import DatasetConfig
@@ -72,6 +73,7 @@ __all__ = [
     "ZIP_SUFFIXES",
     "Item",
     "ItemReader",
+    "SourceGoneError",
     "escape_name",
     "has_magic",
     "is_archive",
@@ -82,6 +84,7 @@ __all__ = [
     "member_id",
     "parse_id",
     "printable",
+    "source_roots",
     "unescape_name",
 ]
 

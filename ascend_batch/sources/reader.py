@@ -21,6 +21,7 @@ from .item import (
     open_regular,
     oserror_text,
 )
+from .roots import check_source
 from .tar_archive import decompressed, header_matches, sniff_compression
 
 
@@ -59,11 +60,19 @@ class ItemReader:
     shared one correct, but serialises archive reads). Raises :class:`ImageError` only:
     ``read`` (I/O, permissions; the message names the file), ``too-large`` (over
     ``max_member_bytes``, checked against the declared size and while reading), ``archive``
-    (damaged archive data)."""
+    (damaged archive data). A file or archive missing because its whole dataset folder (one of
+    ``roots``: :func:`~.roots.source_roots`) is gone or empty raises :class:`~.roots.SourceGoneError`
+    instead: a dropped mount, not the file's row."""
 
-    def __init__(self, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES, max_open: int = 8) -> None:
+    def __init__(
+        self,
+        max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
+        max_open: int = 8,
+        roots: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         self.max_member_bytes = max_member_bytes
         self.max_open = max(1, max_open)
+        self.roots = roots
         self._archives: OrderedDict[str, _Archive] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -96,6 +105,8 @@ class ItemReader:
             except OSError as exc:
                 if environmental(exc):
                     raise
+                if isinstance(exc, FileNotFoundError):
+                    check_source(self.roots, item.path)
                 raise ImageError("read", oserror_text(exc, item.path)) from None
             except ARCHIVE_ERRORS as exc:
                 raise ImageError("archive", f"{exc_text(exc)}: {item.path}") from None
@@ -129,6 +140,8 @@ class ItemReader:
         except OSError as exc:
             if environmental(exc):  # the mount, not the file: never an error row
                 raise
+            if isinstance(exc, FileNotFoundError):
+                check_source(self.roots, item.path)
             raise ImageError("read", oserror_text(exc, item.path)) from None
         if len(data) > limit:
             raise ImageError("too-large", f"{item.path} grew past the limit of {limit} bytes while read")
