@@ -32,6 +32,7 @@ from .errors import (
     ImageError,
     ManifestErrors,
 )
+from .sources.item import ENVIRONMENT_ERRNOS
 
 try:  # typer >= 0.2x carries its own copy of click
     from typer._click.exceptions import ClickException
@@ -76,10 +77,8 @@ def fail(exc: BaseException) -> NoReturn:
 
 # errors of the machine (disk full, read-only, no memory or descriptors left), whichever command
 # meets them: exit 8 with the path, never a traceback
-_MACHINE_ERRNOS = frozenset(
-    getattr(errno, name)
-    for name in ("ENOSPC", "EDQUOT", "EROFS", "EFBIG", "ENOMEM", "EMFILE", "ENFILE", "ESTALE", "ENOTCONN", "EIO")
-    if hasattr(errno, name)
+_MACHINE_ERRNOS = ENVIRONMENT_ERRNOS | frozenset(
+    getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EROFS", "EFBIG", "EIO") if hasattr(errno, name)
 )
 
 

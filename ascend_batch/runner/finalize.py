@@ -42,7 +42,6 @@ from .outdir import (
     SUMMARY_FILE,
     refuse_stray_data,
     set_aside_damaged,
-    stray_data,
 )
 from .summary import JobStatus, iso_time, job_status, summary_dict
 
@@ -242,17 +241,16 @@ def finalize(out: Path, run: dict | None = None, *, max_error_fraction: float | 
     if max_error_fraction is None:
         max_error_fraction = meta.get("max_error_fraction")
     units = load_snapshot(out / LISTING_FILE).units
-    if stray_data(out, len(units)):  # not complete while readers would see extra rows
+    try:
+        refuse_stray_data(out, len(units))
+    except IncompatibleOutputError as exc:  # not complete while readers would see extra rows
         with contextlib.suppress(FileNotFoundError):
             (out / SUCCESS_FILE).unlink()
-        try:
-            refuse_stray_data(out, len(units))
-        except IncompatibleOutputError as exc:
-            if run is not None:  # the run's record says how it ended, as every run's does
-                if "exit_code" not in run:
-                    set_outcome(run, exc.exit_code, str(exc))
-                record_run(out, run)
-            raise
+        if run is not None:  # the run's record says how it ended, as every run's does
+            if "exit_code" not in run:
+                set_outcome(run, exc.exit_code, str(exc))
+            record_run(out, run)
+        raise
     damaged = set_aside_damaged(out, units, pq.ParquetFile(out / LISTING_FILE))
     result = Finalized(job_status(out), damaged, max_error_fraction)
     if run is not None:

@@ -11,6 +11,7 @@ import tarfile
 import zipfile
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 
 from .ids import make_id, printable
 
@@ -115,6 +116,16 @@ def is_list_file(name: str) -> bool:
 
 def has_magic(text: str) -> bool:
     return any(ch in text for ch in GLOB_CHARS)
+
+
+def split_glob(pattern: Path) -> tuple[str, tuple[str, ...]]:
+    """``(leading folder without wildcards, the parts from the first wildcard on)`` of a glob
+    pattern; the parts are empty when ``pattern`` has no wildcard."""
+    parts = pattern.parts
+    fixed = 0
+    while fixed < len(parts) and not has_magic(parts[fixed]):
+        fixed += 1
+    return (str(Path(*parts[:fixed])) if fixed else os.sep), parts[fixed:]
 
 
 # errors of the machine, not of a file: a dropped network mount, no file descriptors or memory left.

@@ -15,11 +15,11 @@ from .item import (
     ZIP_SUFFIXES,
     Item,
     error_item,
-    has_magic,
     is_archive,
     is_list_file,
     join_rel,
     oserror_text,
+    split_glob,
 )
 from .listfile import read_list
 from .tar_archive import list_tar
@@ -86,12 +86,7 @@ class Lister:
         sorted order; ids relative to the pattern's leading folder without wildcards. Matched
         folders are walked, matched archives expanded; list files are read only when the pattern
         names them by suffix (``lists/*.txt``)."""
-        parts = pattern.parts
-        fixed = 0
-        while fixed < len(parts) and not has_magic(parts[fixed]):
-            fixed += 1
-        base = str(Path(*parts[:fixed])) if fixed else os.sep
-        pat = parts[fixed:]
+        base, pat = split_glob(pattern)
         lists = is_list_file(pattern.name)
         matched: list[str] = []  # stack of matched folders enclosing the current walk position
 

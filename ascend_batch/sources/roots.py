@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from .item import has_magic
+from .item import split_glob
 
 
 class SourceGoneError(OSError):
@@ -25,10 +25,9 @@ def source_roots(resolved: Iterable[Path]) -> tuple[tuple[str, str], ...]:
     folder without wildcards); files, archives and list files name no folder of their own."""
     roots = []
     for i, path in enumerate(resolved):
-        parts = path.parts
-        fixed = next((k for k, part in enumerate(parts) if has_magic(part)), None)
-        if fixed is not None:
-            folder = str(Path(*parts[:fixed])) if fixed else os.sep
+        base, pattern = split_glob(path)
+        if pattern:
+            folder = base
         elif path.is_dir():
             folder = str(path)
         else:
